@@ -1,0 +1,117 @@
+"""Default configuration: the full TarDiff pipeline on the embedded ICU simulator, sized for a
+2-core CPU (see README). Variants: `--config=configs/default.py:paper` switches the U-Net and the
+GRU to the reference code's sizes (slow on a CPU)."""
+
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Master seed: model init, training order, sampling keys derive from it.
+
+  # ---------------------------------------------------------------- data (SPECS 1-2)
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "simulator"  # "simulator" or "file" (then set data.path).
+  c.data.path = ""  # .npz (x, y[, mask] or pre-split x_train/...) or a reference-code pickle.
+  c.data.allow_pickle = False  # Pickles run code when loaded: opt in only for files you trust.
+  c.data.num_stays = 4000  # Simulator: number of ICU stays drawn (before splitting).
+  c.data.sim_seed = 0  # Simulator seed (independent of the model seed).
+  c.data.label = "mortality"  # Simulator label: "mortality" or "long_stay" (ICU stay > 3 days).
+  c.data.missing_rate = 0.15  # Simulator: fraction of unobserved values (masked).
+  c.data.split_seed = 0  # Seed of the stratified train/val/test split.
+  c.data.val_fraction = 0.1  # Validation (= guidance set) fraction of all stays.
+  c.data.test_fraction = 0.1  # Test fraction; touched once, for the final numbers.
+  c.data.guide_val_fraction = 0.5  # Part of val that builds G; the rest picks the guidance scale.
+  c.data.normalizer = "zscore"  # "zscore", "minmax" or "pit" (centered PIT); fitted on train.
+
+  # ---------------------------------------------------------------- diffusion (issue 3)
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "ldm_linear"  # "ldm_linear" (reference), "linear" or "cosine".
+  c.diffusion.num_timesteps = 200  # Training diffusion steps T.
+  c.diffusion.beta_start = 5e-4  # First beta (ldm_linear / linear).
+  c.diffusion.beta_end = 0.1  # Last beta (ldm_linear / linear).
+  c.diffusion.loss = "l1"  # Epsilon-prediction loss: "l1" (reference) or "l2"; masked.
+
+  c.unet = ml_collections.ConfigDict()
+  c.unet.base_channels = 32  # Channels at the first level.
+  c.unet.channel_mult = (1, 2, 2)  # Channel multiplier per level (each level halves T).
+  c.unet.num_res_blocks = 1  # Residual blocks per level.
+  c.unet.attention_resolutions = (2,)  # Downsampling factors with self-attention.
+  c.unet.num_heads = 4  # Attention heads.
+  c.unet.dropout = 0.0  # Dropout inside residual blocks.
+  c.unet.label_dropout = 0.1  # Probability of the null label in training (classifier-free).
+
+  c.train_diffusion = ml_collections.ConfigDict()
+  c.train_diffusion.batch_size = 128  # Examples per step.
+  c.train_diffusion.num_steps = 3000  # Optimiser steps.
+  c.train_diffusion.learning_rate = 5e-4  # Peak learning rate after warm-up.
+  c.train_diffusion.warmup_steps = 200  # Linear warm-up steps.
+  c.train_diffusion.weight_decay = 0.0  # AdamW weight decay (0 = Adam).
+  c.train_diffusion.grad_clip = 1.0  # Global-norm gradient clipping.
+  c.train_diffusion.ema_decay = 0.999  # EMA of parameters (sampling uses the EMA).
+  c.train_diffusion.checkpoint_every = 500  # Steps between orbax checkpoints.
+  c.train_diffusion.log_every = 50  # Steps between metrics.jsonl lines / progress updates.
+
+  # ---------------------------------------------------------------- downstream models (issue 4)
+  c.classifier = ml_collections.ConfigDict()
+  c.classifier.model = "timesnet"  # Guidance model: "timesnet" or "gru".
+  c.classifier.timesnet = ml_collections.ConfigDict()
+  c.classifier.timesnet.d_model = 32  # Hidden width.
+  c.classifier.timesnet.d_ff = 64  # Inception hidden width.
+  c.classifier.timesnet.e_layers = 2  # TimesBlocks.
+  c.classifier.timesnet.top_k = 3  # Periods, fixed at setup from the train split's spectrum.
+  c.classifier.timesnet.num_kernels = 6  # Inception kernels 1, 3, 5, ...
+  c.classifier.timesnet.dropout = 0.1  # Dropout.
+  c.classifier.gru = ml_collections.ConfigDict()
+  c.classifier.gru.hidden = 64  # GRU hidden size per direction (reference: 256).
+  c.classifier.gru.num_layers = 2  # Stacked bidirectional layers.
+
+  c.train_classifier = ml_collections.ConfigDict()
+  c.train_classifier.batch_size = 128  # Examples per step.
+  c.train_classifier.max_epochs = 30  # Upper bound on epochs.
+  c.train_classifier.patience = 5  # Early stopping on validation AUPRC (never test).
+  c.train_classifier.learning_rate = 1e-3  # Adam learning rate.
+  c.train_classifier.class_weighting = False  # Weight the loss by inverse class frequency.
+
+  # ---------------------------------------------------------------- guidance (issue 5)
+  c.guidance = ml_collections.ConfigDict()
+  c.guidance.method = "tardiff"  # "tardiff" (influence), "classifier", "batch", or "none".
+  c.guidance.variant = "dot"  # Influence score: "dot", "cosine", "batch", "classifier", "none".
+  c.guidance.scale = 100.0  # w; w > 0 favours samples that lower the guidance-set loss.
+  c.guidance.evaluate_on = "x0_hat"  # "x0_hat" (default) or "x_t".
+  c.guidance.through_denoiser = False  # Differentiate through x0_hat(x_t).
+  c.guidance.class_filter = "all"  # G over "all", "minority" or "majority" guidance samples.
+  c.guidance.normalize_cache = False  # l2-normalise G.
+  c.guidance.cache_batch_size = 256  # Guidance examples per vmapped batch.
+  c.guidance.scale_grid = (0.0, 10.0, 100.0, 1000.0)  # Sweep for scale selection (eval-val).
+  c.guidance.select_scale = True  # Pick w on evaluation-val AUPRC; else use guidance.scale.
+
+  # ---------------------------------------------------------------- sampling (issues 3, 5)
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.sampler = "ddim"  # "ddim" or "ddpm".
+  c.sampling.num_steps = 20  # DDIM steps S (ddpm uses all T).
+  c.sampling.eta = 1.0  # DDIM eta (1.0 as the reference code samples).
+  c.sampling.cfg_scale = 1.0  # Classifier-free guidance scale (1 = plain conditional).
+  c.sampling.batch_size = 256  # Samples per jitted sampler call.
+  c.sampling.counts = "match"  # "match" (training class counts), "balanced", or "n0,n1,...".
+
+  # ---------------------------------------------------------------- evaluation (issue 6)
+  c.evaluation = ml_collections.ConfigDict()
+  c.evaluation.downstream = "timesnet"  # Fresh model for TSTR/TSRTR: "timesnet" or "gru".
+  c.evaluation.num_seeds = 3  # Seeds per protocol setting.
+  c.evaluation.alphas = (0.2, 0.4, 0.6, 0.8, 1.0)  # TSRTR synthetic ratios.
+  c.evaluation.methods = ("unguided", "tardiff")  # Synthetic methods evaluated.
+
+  if variant == "paper":
+    c.unet.base_channels = 64
+    c.unet.channel_mult = (1, 2, 4, 4)
+    c.unet.num_res_blocks = 2
+    c.unet.attention_resolutions = (1, 2, 4)
+    c.unet.num_heads = 8
+    c.classifier.model = "gru"
+    c.classifier.gru.hidden = 256
+    c.train_diffusion.batch_size = 256
+    c.train_diffusion.learning_rate = 1e-4
+  elif variant not in (None, ""):
+    raise ValueError(f"Unknown config variant {variant!r}; expected 'paper' or none.")
+  return c

@@ -1,0 +1,98 @@
+"""Atomic file writes: a killed run never leaves a half-written file that a later run trusts.
+
+Every file the package writes into a workdir goes through here: write to a temporary file in
+the same directory, flush and fsync, then `os.replace` (atomic on POSIX).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+  """Opens a temporary sibling of `path` for writing and renames it onto `path` on success."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=directory)
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  with atomic_open(path, "w") as f:
+    f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+  """Writes JSON atomically; numpy scalars and arrays are converted to Python values."""
+  write_text(path, json.dumps(obj, indent=indent, default=_json_default, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+  """Writes an uncompressed `.npz` atomically (no object arrays: loadable with allow_pickle=False)."""
+  buf = io.BytesIO()
+  np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+  write_bytes(path, buf.getvalue())
+
+
+def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
+  """Appends one JSON line; a torn last line from a crash is skipped by `read_jsonl`."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "a") as f:
+    f.write(json.dumps(record, default=_json_default) + "\n")
+    f.flush()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads a JSON-lines file, ignoring a final line torn by a crash."""
+  records = []
+  if not os.path.exists(path):
+    return records
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if not line:
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return records
+
+
+def _json_default(o: Any) -> Any:
+  if isinstance(o, np.generic):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  if hasattr(o, "__array__"):
+    return np.asarray(o).tolist()
+  raise TypeError(f"Object of type {type(o).__name__} is not JSON serialisable")
