@@ -18,6 +18,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.sim_seed = 0  # Simulator seed (independent of the model seed).
   c.data.label = "mortality"  # Simulator label: "mortality" or "long_stay" (ICU stay > 3 days).
   c.data.missing_rate = 0.15  # Simulator: fraction of unobserved values (masked).
+  c.data.prevalence = 0.08  # Simulator: target mortality rate (MIMIC-III: 1,680 / 20,920).
   c.data.split_seed = 0  # Seed of the stratified train/val/test split.
   c.data.val_fraction = 0.1  # Validation (= guidance set) fraction of all stays.
   c.data.test_fraction = 0.1  # Test fraction; touched once, for the final numbers.
@@ -62,6 +63,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.classifier.timesnet.top_k = 3  # Periods, fixed at setup from the train split's spectrum.
   c.classifier.timesnet.num_kernels = 6  # Inception kernels 1, 3, 5, ...
   c.classifier.timesnet.dropout = 0.1  # Dropout.
+  c.classifier.timesnet.periods = ()  # Fixed periods; () = timesnet_periods(x_train, top_k).
   c.classifier.gru = ml_collections.ConfigDict()
   c.classifier.gru.hidden = 64  # GRU hidden size per direction (reference: 256).
   c.classifier.gru.num_layers = 2  # Stacked bidirectional layers.
@@ -85,6 +87,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.guidance.cache_batch_size = 256  # Guidance examples per vmapped batch.
   c.guidance.scale_grid = (0.0, 10.0, 100.0, 1000.0)  # Sweep for scale selection (eval-val).
   c.guidance.select_scale = True  # Pick w on evaluation-val AUPRC; else use guidance.scale.
+  c.guidance.class_scales = ()  # Per-class w (one per label) overriding scale; () = use scale.
+  c.guidance.clip = 0.0  # Max per-sample l2 norm of the influence gradient J; 0 = off.
+  c.guidance.normalize_grad = False  # Divide J by its per-sample l2 norm (off by default).
 
   # ---------------------------------------------------------------- sampling (issues 3, 5)
   c.sampling = ml_collections.ConfigDict()

@@ -1,0 +1,28 @@
+"""Data layer (SPECS 1-2): the Dataset contract, loaders, stratified splits, normalisers fitted on
+train, the embedded ICU simulator and the data stage `prepare_data`."""
+
+from tardiff_jax.data.dataset import DataError, Dataset, Splits
+from tardiff_jax.data.loaders import load_dataset
+from tardiff_jax.data.normalizers import KINDS as NORMALIZER_KINDS
+from tardiff_jax.data.normalizers import (
+    Normalizer,
+    make_normalizer,
+    normalize_dataset,
+    normalizer_from_dict,
+)
+from tardiff_jax.data.pipeline import DataConfig, PreparedData, prepare_data
+from tardiff_jax.data.simulator import (
+    CHANNEL_NAMES,
+    CHANNEL_UNITS,
+    SUBTYPE_NAMES,
+    Simulation,
+    simulate_icu,
+)
+from tardiff_jax.data.splits import split_guidance, stratified_split, stratified_split_indices
+
+__all__ = [
+    "CHANNEL_NAMES", "CHANNEL_UNITS", "DataConfig", "DataError", "Dataset", "NORMALIZER_KINDS",
+    "Normalizer", "PreparedData", "SUBTYPE_NAMES", "Simulation", "Splits", "load_dataset",
+    "make_normalizer", "normalize_dataset", "normalizer_from_dict", "prepare_data",
+    "simulate_icu", "split_guidance", "stratified_split", "stratified_split_indices",
+]

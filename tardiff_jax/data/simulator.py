@@ -1,0 +1,273 @@
+"""An embedded ICU vitals simulator (SPECS 2): seeded, fully vectorised numpy, known ground truth.
+
+Each stay is `T` hourly steps of 7 vitals in clinical units (HR bpm, SBP/DBP/MAP mmHg, RR /min,
+temperature deg C, SpO2 %). Per stay: an age-like covariate and a frailty score shift the
+baselines; vitals follow mean-reverting (Ornstein-Uhlenbeck) hourly dynamics with correlated
+innovations (blood pressures co-move), a circadian term, deterioration events of four subtypes
+with distinct signatures, measurement noise, physiological clipping and MIMIC-like missingness.
+Mortality is Bernoulli(sigmoid(a + b * f)) where f combines frailty with the persistent
+deterioration severity at the end of the window; `a` is solved so the mean risk equals the
+target prevalence. See docs/simulator.md for the equations in words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tardiff_jax.data.dataset import Dataset
+
+CHANNEL_NAMES = ("HR", "SBP", "DBP", "MAP", "RR", "Temp", "SpO2")
+CHANNEL_UNITS = ("bpm", "mmHg", "mmHg", "mmHg", "/min", "degC", "%")
+SUBTYPE_NAMES = ("septic", "respiratory", "cardiogenic", "haemorrhagic")
+# Probability of each subtype given a deterioration event; haemorrhagic is rare within the rare
+# positive class.
+SUBTYPE_PROBS = (0.47, 0.28, 0.18, 0.07)
+# Physiological clipping ranges per channel (HR, SBP, DBP, MAP, RR, Temp, SpO2).
+RANGES = ((25.0, 220.0), (50.0, 250.0), (20.0, 150.0), (30.0, 180.0), (4.0, 60.0),
+          (32.0, 42.0), (50.0, 100.0))
+
+# The six independently simulated channels; MAP is derived from SBP and DBP.
+_BASE = ("HR", "SBP", "DBP", "RR", "Temp", "SpO2")
+_POP_MEAN = np.array([84.0, 122.0, 66.0, 17.0, 36.9, 97.3])
+_POP_SD = np.array([11.0, 14.0, 8.0, 2.5, 0.3, 1.1])
+_AGE_SHIFT = np.array([-2.0, 6.0, -2.0, 0.5, -0.05, -0.4])  # Per age SD.
+_FRAIL_SHIFT = np.array([4.0, -4.0, -2.5, 1.5, 0.1, -0.7])  # Per frailty SD.
+_OU_TAU = np.array([4.0, 5.0, 5.0, 3.0, 8.0, 4.0])  # Mean-reversion time (hours).
+_OU_SD = np.array([6.0, 8.0, 5.0, 2.0, 0.25, 1.0])  # Stationary SD of the OU deviation.
+_OU_CORR = np.array([  # Correlation of the OU innovations (BP channels co-move).
+    [1.00, -0.10, -0.05, 0.30, 0.20, -0.10],
+    [-0.10, 1.00, 0.75, 0.00, 0.00, 0.05],
+    [-0.05, 0.75, 1.00, 0.00, 0.00, 0.05],
+    [0.30, 0.00, 0.00, 1.00, 0.10, -0.25],
+    [0.20, 0.00, 0.00, 0.10, 1.00, 0.00],
+    [-0.10, 0.05, 0.05, -0.25, 0.00, 1.00]])
+_CIRC_AMP = np.array([4.0, 6.0, 3.0, 1.0, 0.3, 0.3])  # Circadian amplitude.
+_CIRC_PEAK = np.array([16.0, 14.0, 14.0, 15.0, 18.0, 4.0])  # Clock hour of the maximum.
+_NOISE_SD = np.array([2.0, 4.0, 3.0, 1.2, 0.1, 0.6])  # Measurement noise.
+_MAP_NOISE_SD = 2.0
+# Change of each base channel per unit of event severity, per subtype.
+_SIGNATURES = np.array([
+    [22.0, -16.0, -11.0, 6.0, 1.4, -2.0],  # septic: HR up, pressures down, temp up, RR up.
+    [10.0, 4.0, 2.0, 9.0, 0.3, -7.0],  # respiratory: SpO2 down, RR up.
+    [4.0, -24.0, -12.0, 4.0, -0.3, -3.0],  # cardiogenic: MAP down, HR erratic (see below).
+    [28.0, -30.0, -20.0, 5.0, -0.5, -1.0],  # haemorrhagic: HR up, all pressures down.
+])
+_CARDIO_HR_JITTER = 10.0  # Extra HR noise SD per unit severity (cardiogenic arrhythmia).
+_LETHALITY = np.array([1.0, 0.9, 1.15, 1.3])  # Risk weight of each subtype's severity.
+# Latent mortality score f = _W_FRAIL * frailty + _W_EVENT * lethality * severity at the end
+# (+ _W_TRANSIENT * unresolved transient severity); risk = sigmoid(a + _B * f).
+_W_FRAIL, _W_EVENT, _W_TRANSIENT, _B = 0.25, 1.0, 0.3, 2.45
+_MISS_WEIGHT = np.array([0.6, 0.85, 0.85, 0.85, 0.8, 2.4, 0.65])  # Relative missingness.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Simulation:
+  """Simulated stays with their ground truth.
+
+  Attributes:
+    dataset: Dataset x float32[N, T, 7] (clinical units, NaN where unobserved), mask, y =
+      in-hospital mortality (class_names ("survived", "died")).
+    long_stay: int32[N], 1 if the ICU stay lasts more than 3 days.
+    latent_risk: float64[N], the true probability of death.
+    long_stay_risk: float64[N], the true probability of a long stay.
+    subtype: int32[N], persistent deterioration subtype (index into `subtype_names`), -1 none.
+    transient_subtype: int32[N], subtype of a transient (resolving) event, -1 none.
+    severity: float32[N, T], latent severity trajectory (persistent + transient events).
+    age: float32[N], the age-like covariate (years).
+    oracle_auroc, oracle_auprc: latent_risk scored against the labels (AUPRC = average
+      precision, step-wise); the ceiling for a classifier on the observed vitals.
+    options: the simulator options used.
+  """
+  dataset: Dataset
+  long_stay: np.ndarray
+  latent_risk: np.ndarray
+  long_stay_risk: np.ndarray
+  subtype: np.ndarray
+  transient_subtype: np.ndarray
+  severity: np.ndarray
+  age: np.ndarray
+  oracle_auroc: float
+  oracle_auprc: float
+  options: dict
+  subtype_names: tuple[str, ...] = SUBTYPE_NAMES
+
+  def long_stay_dataset(self) -> Dataset:
+    """The same stays labelled by ICU stay > 3 days (class_names ("short", "long"))."""
+    ds = self.dataset
+    return Dataset(x=ds.x, y=self.long_stay, mask=ds.mask, channel_names=ds.channel_names,
+                   class_names=("short", "long"), name=ds.name + "_long_stay")
+
+
+def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: float = 0.15,
+                 prevalence: float = 0.08, long_stay_rate: float = 0.14,
+                 event_rate: float = 1.0, name: str = "icu_sim") -> Simulation:
+  """Simulates `num_stays` ICU stays; the same arguments give the same bytes.
+
+  Args:
+    num_stays: N >= 1.
+    seed: numpy seed.
+    T: hourly steps per stay (default 24).
+    missing_rate: mean fraction of unobserved values in [0, 0.9] (default 0.15).
+    prevalence: target mortality rate in (0, 1) (default 0.08, as MIMIC-III).
+    long_stay_rate: target rate of ICU stays > 3 days in (0, 1) (default 0.14).
+    event_rate: multiplier on the deterioration / transient event probabilities (> 0).
+    name: dataset name.
+  """
+  n = int(num_stays)
+  if n < 1:
+    raise ValueError(f"num_stays={num_stays} must be >= 1.")
+  if T < 2:
+    raise ValueError(f"T={T} must be >= 2.")
+  if not 0.0 <= missing_rate <= 0.9:
+    raise ValueError(f"missing_rate={missing_rate} must be in [0, 0.9].")
+  for k, v in (("prevalence", prevalence), ("long_stay_rate", long_stay_rate)):
+    if not 0.0 < v < 1.0:
+      raise ValueError(f"{k}={v} must be in (0, 1).")
+  if not event_rate > 0:
+    raise ValueError(f"event_rate={event_rate} must be > 0.")
+  rng = np.random.default_rng(int(seed))
+  t = np.arange(T, dtype=np.float32)
+  f32 = np.float32
+
+  # Patient covariates and baselines.
+  age = np.clip(rng.normal(65.0, 15.0, n), 18.0, 95.0)
+  za = (age - 65.0) / 15.0
+  frailty = 0.6 * za + 0.8 * rng.standard_normal(n)
+  zb = rng.standard_normal((n, 6))
+  zb[:, 2] = 0.6 * zb[:, 1] + 0.8 * zb[:, 2]  # Baseline SBP and DBP correlate.
+  base = (_POP_MEAN + _POP_SD * zb + _AGE_SHIFT * za[:, None] + _FRAIL_SHIFT * frailty[:, None])
+
+  # OU deviations with correlated innovations, started from the stationary law.
+  chol = np.linalg.cholesky(_OU_CORR)
+  phi = np.exp(-1.0 / _OU_TAU)
+  innov = rng.standard_normal((T, n, 6), dtype=f32) @ chol.T.astype(f32)
+  dev = np.empty((T, n, 6), dtype=f32)
+  dev[0] = _OU_SD.astype(f32) * innov[0]
+  step_sd = (_OU_SD * np.sqrt(1.0 - phi**2)).astype(f32)
+  phi = phi.astype(f32)
+  for i in range(1, T):
+    dev[i] = phi * dev[i - 1] + step_sd * innov[i]
+  dev = dev.transpose(1, 0, 2)  # [N, T, 6]
+
+  # Circadian term from the clock hour of admission.
+  hour0 = rng.uniform(0.0, 24.0, n).astype(f32)
+  clock = hour0[:, None, None] + t[None, :, None]
+  circ = _CIRC_AMP.astype(f32) * np.cos(f32(2.0 * np.pi / 24.0) * (clock - _CIRC_PEAK.astype(f32)))
+
+  # Persistent deterioration: frail patients deteriorate more often.
+  p_det = np.clip(event_rate * _sigmoid(-2.1 + 0.9 * frailty), 0.0, 1.0)
+  has_det = rng.uniform(size=n) < p_det
+  det_type = rng.choice(4, size=n, p=SUBTYPE_PROBS)
+  det_onset = rng.uniform(-8.0, T - 2.0, n)
+  det_width = rng.uniform(1.5, 4.0, n)
+  det_mag = 0.35 + rng.gamma(2.0, 0.35, n)
+  g_det = has_det[:, None] * det_mag[:, None] * _sigmoid((t - det_onset[:, None])
+                                                        / det_width[:, None])
+  # Transient events that resolve (mostly in survivors).
+  p_tr = np.clip(event_rate * _sigmoid(-1.7 + 0.3 * frailty), 0.0, 1.0)
+  has_tr = rng.uniform(size=n) < p_tr
+  tr_type = rng.choice(4, size=n, p=SUBTYPE_PROBS)
+  tr_onset = rng.uniform(-4.0, T - 4.0, n)
+  tr_dur = rng.uniform(3.0, 10.0, n)
+  tr_width = rng.uniform(1.0, 2.5, n)
+  tr_mag = 0.3 + rng.gamma(2.0, 0.3, n)
+  g_tr = (has_tr[:, None] * tr_mag[:, None]
+          * _sigmoid((t - tr_onset[:, None]) / tr_width[:, None])
+          * _sigmoid((tr_onset[:, None] + tr_dur[:, None] - t) / tr_width[:, None]))
+  g_det, g_tr = g_det.astype(f32), g_tr.astype(f32)
+  sig = _SIGNATURES.astype(f32)
+  effect = (g_det[..., None] * sig[det_type][:, None, :]
+            + g_tr[..., None] * sig[tr_type][:, None, :])
+  cardio = g_det * (det_type == 2)[:, None] + g_tr * (tr_type == 2)[:, None]
+
+  # Observed vitals: baseline + OU + circadian + events + measurement noise.
+  vit = base.astype(f32)[:, None, :] + dev + circ + effect
+  noise = rng.standard_normal((n, T, 6), dtype=f32) * _NOISE_SD.astype(f32)
+  noise[..., 0] *= np.sqrt(1.0 + (f32(_CARDIO_HR_JITTER / _NOISE_SD[0]) * cardio) ** 2)
+  true_sbp, true_dbp = vit[..., 1], np.minimum(vit[..., 2], vit[..., 1] - 15.0)
+  vit = vit + noise
+  map_ = (true_dbp + (true_sbp - true_dbp) / 3.0
+          + _MAP_NOISE_SD * rng.standard_normal((n, T), dtype=f32))
+  x = np.stack([vit[..., 0], vit[..., 1], np.minimum(vit[..., 2], vit[..., 1] - 5.0), map_,
+                vit[..., 3], vit[..., 4], vit[..., 5]], axis=-1)
+  lo, hi = np.array(RANGES, dtype=f32).T
+  x = np.clip(x, lo, hi)
+
+  # Outcomes.
+  sev_end = g_det[:, -1] * _LETHALITY[det_type]
+  f = _W_FRAIL * frailty + _W_EVENT * sev_end + _W_TRANSIENT * g_tr[:, -1] * _LETHALITY[tr_type]
+  risk = _sigmoid(_solve_intercept(_B * f, prevalence) + _B * f)
+  died = (rng.uniform(size=n) < risk).astype(np.int32)
+  f_long = (0.5 * frailty + 1.0 * g_tr.max(1) + 0.8 * g_det.max(1)
+            + 0.6 * rng.standard_normal(n))
+  long_risk = _sigmoid(_solve_intercept(2.0 * f_long, long_stay_rate) + 2.0 * f_long)
+  long_stay = (rng.uniform(size=n) < long_risk).astype(np.int32)
+
+  # MIMIC-like missingness: per-channel rates, per-stay propensity, BP channels missing together.
+  w = _MISS_WEIGHT / _MISS_WEIGHT.mean()
+  stay_factor = rng.gamma(4.0, 0.25, n)
+  p_miss = np.clip(missing_rate * w * stay_factor[:, None], 0.0, 0.95).astype(f32)
+  u = rng.random((n, T, 7), dtype=f32)
+  u[..., 2] = u[..., 1]
+  u[..., 3] = u[..., 1]
+  mask = u >= p_miss[:, None, :]
+  x = np.where(mask, x, f32(np.nan))
+
+  ds = Dataset(x=x, y=died, mask=mask, channel_names=CHANNEL_NAMES,
+               class_names=("survived", "died"), name=name)
+  options = dict(T=T, missing_rate=missing_rate, prevalence=prevalence,
+                 long_stay_rate=long_stay_rate, event_rate=event_rate)
+  return Simulation(
+      dataset=ds, long_stay=long_stay, latent_risk=risk, long_stay_risk=long_risk,
+      subtype=np.where(has_det, det_type, -1).astype(np.int32),
+      transient_subtype=np.where(has_tr, tr_type, -1).astype(np.int32),
+      severity=(g_det + g_tr).astype(np.float32), age=age.astype(np.float32),
+      oracle_auroc=auroc(died, risk), oracle_auprc=average_precision(died, risk),
+      options=options)
+
+
+def _sigmoid(z):
+  return 1.0 / (1.0 + np.exp(-z))
+
+
+def _solve_intercept(score: np.ndarray, target: float) -> float:
+  """a such that mean(sigmoid(a + score)) == target (bisection; the mean is monotone in a)."""
+  lo, hi = -40.0, 40.0
+  for _ in range(80):
+    mid = 0.5 * (lo + hi)
+    if _sigmoid(mid + score).mean() < target:
+      lo = mid
+    else:
+      hi = mid
+  return 0.5 * (lo + hi)
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+  """Area under the ROC curve (Mann-Whitney, ties count one half); NaN with one class."""
+  y = np.asarray(y).astype(bool)
+  n1, n0 = int(y.sum()), int((~y).sum())
+  if n1 == 0 or n0 == 0:
+    return float("nan")
+  _, inv, counts = np.unique(np.asarray(score), return_inverse=True, return_counts=True)
+  ends = np.cumsum(counts)
+  avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct value.
+  ranks = avg_rank[inv]
+  return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+  """Average precision: sum over distinct thresholds of (R_k - R_{k-1}) * P_k (step-wise)."""
+  y = np.asarray(y).astype(bool)
+  if not y.any():
+    return float("nan")
+  score = np.asarray(score)
+  order = np.argsort(-score, kind="mergesort")
+  s, yy = score[order], y[order]
+  last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # Last index of each threshold.
+  tp = np.cumsum(yy)[last]
+  fp = (last + 1) - tp
+  precision = tp / (tp + fp)
+  recall = tp / y.sum()
+  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

@@ -1,0 +1,173 @@
+"""The embedded ICU simulator (SPECS 2): shapes, units, prevalence, oracle, subtypes, determinism,
+speed. numpy only (no JAX)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from tardiff_jax.data import CHANNEL_NAMES, SUBTYPE_NAMES, simulate_icu
+from tardiff_jax.data.simulator import RANGES, auroc, average_precision
+
+N = 20_000
+
+
+@pytest.fixture(scope="module")
+def timed_sim():
+  simulate_icu(50)  # Warm numpy up; the timing below is of the simulation itself.
+  t0 = time.process_time()
+  sim = simulate_icu(N, seed=0)
+  return sim, time.process_time() - t0
+
+
+@pytest.fixture(scope="module")
+def sim(timed_sim):
+  return timed_sim[0]
+
+
+def test_shapes_and_types(sim):
+  ds = sim.dataset
+  assert ds.x.shape == (N, 24, 7) and ds.x.dtype == np.float32
+  assert ds.y.shape == (N,) and ds.y.dtype == np.int32
+  assert ds.mask.shape == ds.x.shape and ds.mask.dtype == np.bool_
+  assert ds.channel_names == CHANNEL_NAMES and ds.class_names == ("survived", "died")
+  assert sim.long_stay.shape == (N,) and sim.long_stay.dtype == np.int32
+  assert sim.latent_risk.shape == sim.subtype.shape == (N,)
+  assert sim.severity.shape == (N, 24)
+  assert sim.subtype_names == SUBTYPE_NAMES
+
+
+def test_units_ranges_and_map(sim):
+  ds = sim.dataset
+  assert np.isnan(ds.x[~ds.mask]).all() and np.isfinite(ds.x[ds.mask]).all()
+  for c, (lo, hi) in enumerate(RANGES):
+    v = ds.x[..., c][ds.mask[..., c]]
+    assert v.min() >= lo and v.max() <= hi, CHANNEL_NAMES[c]
+  med = np.nanmedian(ds.x, axis=(0, 1))
+  # Plausible adult ICU medians: HR, SBP, DBP, MAP, RR, Temp, SpO2.
+  for m, (lo, hi) in zip(med, [(70, 100), (105, 135), (55, 75), (70, 95), (14, 22), (36.5, 37.5),
+                               (95, 99)]):
+    assert lo <= m <= hi, med
+  sbp, dbp, map_ = ds.x[..., 1], ds.x[..., 2], ds.x[..., 3]
+  both = ds.mask[..., 1] & ds.mask[..., 2]
+  resid = (map_ - (dbp + (sbp - dbp) / 3.0))[both]
+  assert np.abs(np.median(resid)) < 1.0 and np.mean(np.abs(resid)) < 4.0
+  assert (dbp[both] < sbp[both]).all()
+  # Blood pressures co-move within a stay (centred per stay).
+  s = sbp - np.nanmean(sbp, 1, keepdims=True)
+  d = dbp - np.nanmean(dbp, 1, keepdims=True)
+  assert np.corrcoef(s[both], d[both])[0, 1] > 0.4
+
+
+def test_missingness(sim):
+  miss = 1.0 - sim.dataset.mask.mean()
+  assert abs(miss - 0.15) < 0.02
+  per_channel = 1.0 - sim.dataset.mask.mean((0, 1))
+  assert per_channel[5] > per_channel[0]  # Temperature is charted less often than HR.
+  full = simulate_icu(200, seed=1, missing_rate=0.0)
+  assert full.dataset.mask.all()
+
+
+def test_prevalence_and_long_stay(sim):
+  assert abs(sim.dataset.y.mean() - 0.08) <= 0.02
+  assert abs(sim.long_stay.mean() - 0.14) <= 0.02
+  hi = simulate_icu(5000, seed=2, prevalence=0.2)
+  assert abs(hi.dataset.y.mean() - 0.2) <= 0.03
+  assert abs(hi.latent_risk.mean() - 0.2) < 1e-6  # The intercept is solved exactly.
+
+
+def test_oracle(sim):
+  assert 0.75 <= sim.oracle_auroc <= 0.95
+  y, r = sim.dataset.y, sim.latent_risk
+  assert np.isclose(sim.oracle_auroc, roc_auc_score(y, r), atol=1e-9)
+  assert np.isclose(sim.oracle_auprc, average_precision_score(y, r), atol=1e-9)
+  assert sim.oracle_auprc > 2 * y.mean()
+
+
+def test_metric_helpers_with_ties():
+  rng = np.random.default_rng(0)
+  y = rng.integers(0, 2, 300)
+  s = rng.integers(0, 5, 300).astype(float)  # Heavy ties.
+  assert np.isclose(auroc(y, s), roc_auc_score(y, s))
+  assert np.isclose(average_precision(y, s), average_precision_score(y, s))
+  assert np.isnan(auroc(np.zeros(5), np.arange(5)))
+
+
+def test_subtypes(sim):
+  y = sim.dataset.y
+  pos = np.bincount(sim.subtype[y == 1] + 1, minlength=5)[1:]
+  assert (pos > 0).all()
+  haem = SUBTYPE_NAMES.index("haemorrhagic")
+  assert 0 < pos[haem] / (y == 1).sum() < 0.1  # A rare condition inside the rare class.
+  # Deterioration raises the death rate; transient events occur in survivors too.
+  assert y[sim.subtype >= 0].mean() > 3 * y[sim.subtype < 0].mean()
+  assert ((sim.transient_subtype >= 0) & (y == 0)).sum() > 0.1 * N
+
+
+def test_signatures_visible(sim):
+  """Each subtype moves its key channels in the documented direction (last 6 h, vs no event)."""
+  ds = sim.dataset
+  with warnings.catch_warnings():  # A few stays miss a channel for all of the last 6 hours.
+    warnings.simplefilter("ignore", RuntimeWarning)
+    late = np.nanmean(ds.x[:, -6:], axis=1)  # [N, C]
+  sev = sim.severity[:, -1]
+  calm = (sim.subtype < 0) & (sim.transient_subtype < 0)
+  ref = np.nanmean(late[calm], 0)
+  ch = {c: i for i, c in enumerate(CHANNEL_NAMES)}
+  expected = {
+      "septic": {"HR": 1, "MAP": -1, "Temp": 1, "RR": 1},
+      "respiratory": {"SpO2": -1, "RR": 1},
+      "cardiogenic": {"MAP": -1},
+      "haemorrhagic": {"HR": 1, "SBP": -1, "DBP": -1, "MAP": -1, "Temp": -1},  # Not septic.
+  }
+  for k, name in enumerate(SUBTYPE_NAMES):
+    sel = (sim.subtype == k) & (sim.transient_subtype < 0) & (sev > 0.8)
+    diff = np.nanmean(late[sel], 0) - ref
+    for c, sign in expected[name].items():
+      assert sign * diff[ch[c]] > 0.5 * np.nanstd(late[calm][:, ch[c]]), (name, c, diff)
+  # Cardiogenic: erratic HR (larger hour-to-hour changes).
+  d_hr = np.abs(np.diff(ds.x[:, -8:, 0], axis=1))
+  cardio = (sim.subtype == 2) & (sev > 0.8)
+  assert np.nanmean(d_hr[cardio]) > 1.5 * np.nanmean(d_hr[calm])
+  # The class signal is visible: non-survivors' late vitals differ from survivors'.
+  y = ds.y
+  assert np.nanmean(late[y == 1, ch["HR"]]) > np.nanmean(late[y == 0, ch["HR"]]) + 5
+  assert np.nanmean(late[y == 1, ch["MAP"]]) < np.nanmean(late[y == 0, ch["MAP"]]) - 3
+
+
+def test_determinism():
+  a, b = simulate_icu(500, seed=3), simulate_icu(500, seed=3)
+  for u, v in ((a.dataset.x, b.dataset.x), (a.dataset.y, b.dataset.y),
+               (a.dataset.mask, b.dataset.mask), (a.latent_risk, b.latent_risk),
+               (a.long_stay, b.long_stay), (a.subtype, b.subtype)):
+    assert u.tobytes() == v.tobytes()
+  c = simulate_icu(500, seed=4)
+  assert a.dataset.x.tobytes() != c.dataset.x.tobytes()
+
+
+def test_speed(timed_sim):
+  _, cpu_s = timed_sim
+  assert cpu_s < 5.0, f"20,000 stays took {cpu_s:.2f} s of CPU"
+
+
+def test_options_validation():
+  with pytest.raises(ValueError, match="missing_rate"):
+    simulate_icu(10, missing_rate=0.95)
+  with pytest.raises(ValueError, match="prevalence"):
+    simulate_icu(10, prevalence=0.0)
+  with pytest.raises(ValueError, match="num_stays"):
+    simulate_icu(0)
+  with pytest.raises(TypeError):
+    simulate_icu(10, prevalance=0.1)  # Misspelt options are not silently ignored.
+  short = simulate_icu(30, seed=0, T=12)
+  assert short.dataset.x.shape == (30, 12, 7)
+
+
+def test_long_stay_dataset(sim):
+  d = sim.long_stay_dataset()
+  np.testing.assert_array_equal(d.y, sim.long_stay)
+  assert d.class_names == ("short", "long") and d.x is sim.dataset.x
