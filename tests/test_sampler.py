@@ -1,0 +1,282 @@
+"""The one-scan samplers (toy denoisers), guidance hook, classifier-free guidance, generation."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from tardiff_jax.diffusion import ddim_sigma, ddim_step, ddpm_step, make_schedule
+from tardiff_jax.sampling import (
+    SamplerConfig,
+    class_counts,
+    generate,
+    make_sampler,
+    make_sampler_parts,
+    sampling_plan,
+    write_synthetic,
+)
+
+SCHED = make_schedule("ldm_linear", 40, 5e-4, 0.1)
+K, B, T, C = 2, 4, 5, 3
+PARAMS = {"w": jnp.float32(0.5), "b": jnp.asarray([[0.1, -0.2, 0.3], [-0.3, 0.2, 0.0],
+                                                    [0.05, 0.05, 0.05]], jnp.float32)}
+Y = jnp.asarray([0, 1, 1, 0], jnp.int32)
+
+
+def toy_apply(params, x, t, y):
+  """A tiny conditional 'denoiser': eps = w x + b[y] + 0.01 t (label K = null)."""
+  return (params["w"] * x + params["b"][y][:, None, :]
+          + 0.01 * t.astype(jnp.float32)[:, None, None])
+
+
+@functools.cache
+def jitted(sampler="ddim", num_steps=4, eta=1.0, cfg_scale=1.0, guidance=None, traj=False,
+           apply=toy_apply):
+  cfg = SamplerConfig(sampler, num_steps, eta, cfg_scale, None)
+  return jax.jit(make_sampler(apply, SCHED, cfg, K, guidance, traj), static_argnames="shape")
+
+
+def run(key=0, **kw):
+  return jitted(**kw)(PARAMS, None, jax.random.key(key), Y, (B, T, C))
+
+
+def test_sampler_config():
+  c = ml_collections.ConfigDict(dict(sampler="ddpm", num_steps=7, eta=0.0, cfg_scale=2.0,
+                                     batch_size=3, counts="match", clip_x0=0.0))
+  assert SamplerConfig.from_config(c) == SamplerConfig("ddpm", 7, 0.0, 2.0, None)
+  c.clip_x0 = 3.0
+  assert SamplerConfig.from_config(c).clip_x0 == 3.0
+  for bad in [dict(sampler="euler"), dict(num_steps=0), dict(eta=1.5), dict(clip_x0=-1.0)]:
+    with pytest.raises(ValueError):
+      SamplerConfig(**bad)
+
+
+def test_plan():
+  p = sampling_plan(SCHED, SamplerConfig("ddim", 4, 1.0))
+  np.testing.assert_array_equal(p.index, np.arange(4))
+  np.testing.assert_array_equal(p.t, [39, 29, 19, 9])
+  np.testing.assert_array_equal(p.t_prev, [29, 19, 9, -1])
+  assert float(p.alpha_bar_prev[-1]) == 1.0 and float(p.sigma[-1]) == 0.0
+  assert np.all(np.asarray(p.sigma[:-1]) > 0)
+  np.testing.assert_allclose(p.sigma, ddim_sigma(SCHED, p.t, p.t_prev, 1.0), rtol=1e-5)
+  np.testing.assert_allclose(p.alpha_bar, SCHED.alpha_bars[p.t], rtol=1e-6)
+  assert np.all(np.asarray(sampling_plan(SCHED, SamplerConfig("ddim", 4, 0.0)).sigma) == 0)
+  q = sampling_plan(SCHED, SamplerConfig("ddpm", 4, 1.0))
+  np.testing.assert_array_equal(q.t, np.arange(39, -1, -1))
+  np.testing.assert_allclose(q.sigma[:-1] ** 2, SCHED.posterior_variance[39:0:-1], rtol=1e-4)
+
+
+def _count_eqns(jaxpr):
+  n = 0
+  for eqn in jaxpr.eqns:
+    n += 1
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else [v]):
+        inner = getattr(sub, "jaxpr", None)
+        if inner is not None:
+          n += _count_eqns(inner if hasattr(inner, "eqns") else inner.jaxpr)
+  return n
+
+
+def _count_scans(jaxpr):
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      found.append(eqn.params["length"])
+    for v in eqn.params.values():
+      for sub in (v if isinstance(v, (list, tuple)) else [v]):
+        inner = getattr(sub, "jaxpr", None)
+        if inner is not None:
+          found += _count_scans(inner if hasattr(inner, "eqns") else inner.jaxpr)
+  return found
+
+
+@pytest.mark.parametrize("sampler,steps,cfg", [("ddim", 4, 1.0), ("ddpm", 40, 3.0)])
+def test_jaxpr_has_one_scan(sampler, steps, cfg):
+  fn = jitted(sampler=sampler, num_steps=4, cfg_scale=cfg)
+  jaxpr = jax.make_jaxpr(functools.partial(fn, shape=(B, T, C)))(PARAMS, None,
+                                                                  jax.random.key(0), Y)
+  assert _count_scans(jaxpr.jaxpr) == [steps]
+  # No unrolled loop: the program does not grow with the number of steps.
+  small = jax.make_jaxpr(functools.partial(jitted(sampler="ddim", num_steps=2, cfg_scale=cfg),
+                                           shape=(B, T, C)))(PARAMS, None, jax.random.key(0), Y)
+  if sampler == "ddim":
+    assert _count_scans(small.jaxpr) == [2]
+    assert _count_eqns(small.jaxpr) == _count_eqns(jaxpr.jaxpr) > 10
+
+
+@pytest.mark.parametrize("sampler,cfg_scale", [("ddim", 1.0), ("ddpm", 3.0)])
+def test_scan_equals_python_loop(sampler, cfg_scale):
+  cfg = SamplerConfig(sampler, 4, 1.0, cfg_scale)
+  parts = make_sampler_parts(toy_apply, SCHED, cfg, K)
+  key = jax.random.key(3)
+  got = jitted(sampler=sampler, cfg_scale=cfg_scale)(PARAMS, None, key, Y, (B, T, C))
+  if sampler == "ddim":
+    # 1) The same stepper in a Python loop.
+    x, k_steps = parts.init(key, (B, T, C))
+    step = jax.jit(parts.stepper(PARAMS, None, Y, k_steps))
+    for i in range(parts.plan.t.shape[0]):
+      x, _ = step(x, jax.tree_util.tree_map(lambda a, i=i: a[i], parts.plan))
+    np.testing.assert_allclose(got, x, rtol=1e-6, atol=1e-6)
+  # 2) An independent loop over the diffusion maths; explicit classifier-free guidance (the
+  # null label is K); cfg_scale = 1 is the plain conditional model.
+  k_init, k_steps = jax.random.split(key)
+  plan = jax.tree_util.tree_map(jnp.asarray, parts.plan)
+
+  @jax.jit
+  def ref_step(x, i):
+    t = plan.t[i]
+    tb = jnp.full((B,), t, jnp.int32)
+    eps = toy_apply(PARAMS, x, tb, Y)
+    if cfg_scale != 1.0:
+      unc = toy_apply(PARAMS, x, tb, jnp.full_like(Y, K))
+      eps = unc + cfg_scale * (eps - unc)
+    noise = jax.random.normal(jax.random.fold_in(k_steps, i), x.shape, jnp.float32)
+    if sampler == "ddim":
+      return ddim_step(SCHED, x, t, plan.t_prev[i], eps, noise, eta=1.0)
+    return ddpm_step(SCHED, x, t, eps, noise)
+
+  x = jax.random.normal(k_init, (B, T, C), jnp.float32)
+  for i in range(plan.t.shape[0]):
+    x = ref_step(x, jnp.int32(i))
+  np.testing.assert_allclose(got, x, rtol=1e-5, atol=1e-5)
+
+
+def test_keys_determinism():
+  a, b, c = run(0), run(0), run(1)
+  np.testing.assert_array_equal(a, b)
+  assert float(jnp.max(jnp.abs(a - c))) > 0.1
+  assert a.shape == (B, T, C) and a.dtype == jnp.float32
+
+
+def test_cfg_scale_changes_samples():
+  a, b = run(0, cfg_scale=1.0), run(0, cfg_scale=3.0)
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+
+
+def _zeros(gparams, x_t, x0_hat, y, info):
+  return jnp.zeros_like(x_t)
+
+
+@pytest.mark.parametrize("sampler,cfg_scale", [("ddim", 1.0), ("ddpm", 3.0)])
+def test_zero_guidance_bit_identical(sampler, cfg_scale):
+  np.testing.assert_array_equal(run(5, sampler=sampler, cfg_scale=cfg_scale),
+                                run(5, sampler=sampler, cfg_scale=cfg_scale, guidance=_zeros))
+
+
+def _combined(g, x_t, x0_hat, y, info):
+  """Three probes weighted by gparams: a constant shift at the last step (t = 0), a consistency
+  check of info.x0_fn (zero if x0_fn(x_t) == x0_hat, amplified), and a gradient through the
+  denoiser (pull towards small x0_hat)."""
+  last = jnp.where(info.t == 0, g["last"], 0.0) * jnp.ones_like(x_t)
+  check = g["check"] * 1e3 * (info.x0_fn(x_t) - x0_hat)
+  pull = g["pull"] * jax.grad(lambda x: jnp.sum(info.x0_fn(x) ** 2))(x_t)
+  assert info.sigma.shape == () and info.alpha_bar.shape == ()
+  return last + check + pull
+
+
+def test_guidance_hook_ddpm():
+  fn = jitted(sampler="ddpm", cfg_scale=3.0, guidance=_combined)
+  g = lambda last=0.0, check=0.0, pull=0.0: {k: jnp.float32(v) for k, v in
+                                             dict(last=last, check=check, pull=pull).items()}
+  go = lambda gp: fn(PARAMS, gp, jax.random.key(2), Y, (B, T, C))
+  base = go(g())
+  np.testing.assert_array_equal(base, run(2, sampler="ddpm", cfg_scale=3.0))
+  # A constant shift at the last step (t = 0, no noise) moves the output by exactly the shift.
+  np.testing.assert_allclose(go(g(last=0.25)) - base, 0.25, atol=1e-6)
+  # x0_fn reproduces x0_hat (classifier-free guidance included).
+  np.testing.assert_allclose(go(g(check=1.0)), base, atol=1e-3)
+  # Differentiating through the denoiser towards small ||x0_hat||^2 shrinks the samples.
+  assert float(jnp.linalg.norm(go(g(pull=-0.01)))) < float(jnp.linalg.norm(base)) - 0.1
+
+
+def test_trajectory():
+  x, traj = run(0, traj=True)
+  assert traj.shape == (4, B, T, C)
+  np.testing.assert_array_equal(x, run(0))
+  # The last step goes to clean data with sigma = 0: the sample is the last x0_hat.
+  np.testing.assert_allclose(x, traj[-1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,eta", [("ddpm", 1, 1.0), ("ddim", 200, 0.0)])
+def test_exact_denoiser_recovers_gaussian_data(sampler, steps, eta):
+  """Data N(m, s^2) elementwise has a closed-form optimal eps; samples must have mean m, std s."""
+  m, s = 0.5, 0.3
+  sched = make_schedule("ldm_linear", 200, 5e-4, 0.1)  # alpha_bar_T ~ 6e-4: x_T ~ N(0, 1) holds
+
+  def oracle(params, x, t, y):
+    ab = sched.alpha_bars[t][:, None, None]
+    # E[eps | x_t] for x_t = sqrt(ab) x0 + sqrt(1-ab) eps, x0 ~ N(m, s^2).
+    return jnp.sqrt(1 - ab) * (x - jnp.sqrt(ab) * m) / (ab * s**2 + 1 - ab)
+
+  fn = jax.jit(make_sampler(oracle, sched, SamplerConfig(sampler, steps, eta), K),
+               static_argnames="shape")
+  x = np.asarray(fn({}, None, jax.random.key(0), jnp.zeros((2000,), jnp.int32), (5, 2)))
+  assert abs(x.mean() - m) < 0.02
+  assert abs(x.std() / s - 1) < 0.04
+
+
+def test_class_counts():
+  np.testing.assert_array_equal(class_counts([90, 10]), [90, 10])
+  np.testing.assert_array_equal(class_counts([90, 10], total=20), [18, 2])
+  np.testing.assert_array_equal(class_counts([2, 1], total=10), [7, 3])
+  assert class_counts([5, 3, 1], total=7).sum() == 7
+  np.testing.assert_array_equal(class_counts([90, 10], "balanced"), [50, 50])
+  np.testing.assert_array_equal(class_counts([90, 11], "balanced"), [51, 50])
+  np.testing.assert_array_equal(class_counts([1, 1, 1], "balanced", total=8), [3, 3, 2])
+  np.testing.assert_array_equal(class_counts([90, 10], "7,3"), [7, 3])
+  for args in [([90, 10], "7"), ([90, 10], "a,b"), ([90, 10], "-1,3"), ([-1, 2], "match")]:
+    with pytest.raises(ValueError):
+      class_counts(*args)
+  with pytest.raises(ValueError):
+    class_counts([90, 10], "7,3", total=11)
+
+
+def test_generate_pads_once_and_writes(tmp_path):
+  traces = []
+
+  def counting(params, gparams, key, y, shape):
+    traces.append(shape)
+    return make_sampler(toy_apply, SCHED, SamplerConfig("ddim", 4), K)(params, gparams, key, y,
+                                                                      shape)
+
+  fn = jax.jit(counting, static_argnames="shape")
+  key = jax.random.key(9)
+  x, y = generate(fn, PARAMS, None, key, [3, 4], (T, C), batch_size=3, progress=False)
+  assert x.shape == (7, T, C) and x.dtype == np.float32
+  np.testing.assert_array_equal(y, [0, 0, 0, 1, 1, 1, 1])
+  assert len(traces) == 1  # One compiled shape, including the padded last batch.
+  np.testing.assert_array_equal(x[3:6], fn(PARAMS, None, jax.random.fold_in(key, 1),
+                                            jnp.asarray([1, 1, 1], jnp.int32), (3, T, C)))
+  last = fn(PARAMS, None, jax.random.fold_in(key, 2), jnp.asarray([1, 0, 0], jnp.int32), (3, T, C))
+  np.testing.assert_array_equal(x[6], last[0])
+  path = tmp_path / "synthetic" / "unguided.npz"
+  write_synthetic(str(path), x, y, lambda v: v * 2.0 + 1.0)
+  with np.load(path, allow_pickle=False) as f:
+    np.testing.assert_allclose(f["x"], x * 2 + 1, rtol=1e-6)
+    np.testing.assert_array_equal(f["y"], y)
+    assert f["y"].dtype == np.int32
+
+
+def test_configs_convert():
+  import importlib.util
+  import os
+
+  from tardiff_jax.diffusion import DiffusionConfig
+  for name in ("default.py", "tiny.py"):
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", name)
+    spec = importlib.util.spec_from_file_location("_cfg_" + name[:-3], path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    c = mod.get_config()
+    sc = SamplerConfig.from_config(c.sampling)
+    assert sc.sampler == c.sampling.sampler and sc.num_steps == c.sampling.num_steps
+    assert sc.clip_x0 is None
+    d = DiffusionConfig.from_config(c.diffusion)
+    assert d.num_timesteps == c.diffusion.num_timesteps and d.loss == c.diffusion.loss
+    assert sampling_plan(d.make_schedule(), sc).t.shape == (sc.num_steps,)
