@@ -1,0 +1,190 @@
+"""The downstream classifier behind one interface: config, init, logits, losses, probabilities.
+
+`make_classifier(ClassifierConfig)` returns a `Classifier` of pure functions over an explicit
+params pytree. `loss_fn(params, x[T, C], y[])` is the per-example loss in eval mode (no dropout);
+influence guidance differentiates it (`jax.jvp` w.r.t. params, `jax.grad` w.r.t. x). Binary tasks
+have one logit (BCE with logits); K > 2 classes have K logits (softmax cross-entropy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, Int
+
+from tardiff_jax.models.gru import GRUClassifier
+from tardiff_jax.models.timesnet import TimesNet
+from tardiff_jax.models.timesnet import validate_periods
+
+MODELS = ("timesnet", "gru")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+  """Hyper-parameters of the downstream classifier (configs/default.py `c.classifier`).
+
+  `periods` are the TimesNet periods (static ints from `timesnet_periods` on the train split);
+  required for TimesNet, ignored by the GRU.
+  """
+
+  model: str = "timesnet"
+  num_classes: int = 2
+  T: int = 24
+  C: int = 7
+  periods: tuple[int, ...] | None = None
+  d_model: int = 32
+  d_ff: int = 64
+  e_layers: int = 2
+  top_k: int = 3
+  num_kernels: int = 6
+  dropout: float = 0.1
+  gru_hidden: int = 64
+  gru_num_layers: int = 2
+
+  def __post_init__(self):
+    if self.periods is not None:
+      object.__setattr__(self, "periods", tuple(int(p) for p in self.periods))
+    if self.model not in MODELS:
+      raise ValueError(f"classifier.model must be one of {MODELS}, got {self.model!r}.")
+    if self.num_classes < 2:
+      raise ValueError(f"num_classes must be >= 2, got {self.num_classes}.")
+    if self.T < 2 or self.C < 1:
+      raise ValueError(f"Classifier needs T >= 2 and C >= 1, got T={self.T}, C={self.C}.")
+    if self.model == "timesnet":
+      if self.d_model < 2 or self.d_model % 2:
+        raise ValueError(f"classifier.timesnet.d_model must be even and >= 2, got {self.d_model}.")
+      if self.d_ff < 1 or self.e_layers < 1 or self.num_kernels < 1 or self.top_k < 1:
+        raise ValueError("classifier.timesnet d_ff, e_layers, num_kernels and top_k must be >= 1, "
+                         f"got {self.d_ff}, {self.e_layers}, {self.num_kernels}, {self.top_k}.")
+      if not 0.0 <= self.dropout < 1.0:
+        raise ValueError(f"classifier.timesnet.dropout must be in [0, 1), got {self.dropout}.")
+      if self.periods is None:
+        raise ValueError("TimesNet needs periods: compute them with "
+                         "timesnet_periods(x_train, top_k) and pass periods=...")
+      if len(self.periods) != self.top_k:
+        raise ValueError(f"Got {len(self.periods)} periods {self.periods} but "
+                         f"timesnet.top_k={self.top_k}.")
+      validate_periods(self.T, self.periods)
+    else:
+      if self.gru_hidden < 1 or self.gru_num_layers < 1:
+        raise ValueError("classifier.gru hidden and num_layers must be >= 1, got "
+                         f"{self.gru_hidden}, {self.gru_num_layers}.")
+
+  @property
+  def num_outputs(self) -> int:
+    """Logits per example: 1 for binary tasks, num_classes otherwise."""
+    return 1 if self.num_classes == 2 else self.num_classes
+
+  @classmethod
+  def from_config(cls, section: Any, num_classes: int, T: int, C: int,
+                  periods: Sequence[int] | None = None) -> ClassifierConfig:
+    """From `cfg.classifier`. `periods` wins over `section.timesnet.periods` (empty = unset)."""
+    tn, gru = section.timesnet, section.gru
+    if periods is None:
+      fixed = tuple(tn.get("periods", ()) or ())
+      periods = fixed or None
+    return cls(model=str(section.model), num_classes=int(num_classes), T=int(T), C=int(C),
+               periods=None if periods is None else tuple(int(p) for p in periods),
+               d_model=int(tn.d_model), d_ff=int(tn.d_ff), e_layers=int(tn.e_layers),
+               top_k=int(tn.top_k), num_kernels=int(tn.num_kernels), dropout=float(tn.dropout),
+               gru_hidden=int(gru.hidden), gru_num_layers=int(gru.num_layers))
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready dict (for checkpoint meta)."""
+    d = dataclasses.asdict(self)
+    d["periods"] = None if self.periods is None else list(self.periods)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> ClassifierConfig:
+    d = dict(d)
+    if d.get("periods") is not None:
+      d["periods"] = tuple(d["periods"])
+    return cls(**d)
+
+
+class Classifier(NamedTuple):
+  """Pure functions of a downstream classifier (params are a plain pytree).
+
+  init(key, T, C) -> params
+  logits_fn(params, x[B,T,C], train=False, rngs=None) -> [B, K]   (K = 1 for binary)
+  loss_fn(params, x[T,C], y[]) -> scalar          per example, eval mode
+  batch_loss_fn(params, x[B,T,C], y[B], weights=None, train=True, rngs=None) -> scalar
+  predict_proba(params, x[B,T,C]) -> [B] (binary: P(y=1)) or [B, K]
+  """
+
+  config: ClassifierConfig
+  module: nn.Module
+  init: Callable[..., Any]
+  logits_fn: Callable[..., Array]
+  loss_fn: Callable[..., Array]
+  batch_loss_fn: Callable[..., Array]
+  predict_proba: Callable[..., Array]
+
+
+def make_module(config: ClassifierConfig) -> nn.Module:
+  """The Flax module of a config."""
+  if config.model == "timesnet":
+    return TimesNet(num_outputs=config.num_outputs, periods=tuple(config.periods),
+                    d_model=config.d_model, d_ff=config.d_ff, e_layers=config.e_layers,
+                    num_kernels=config.num_kernels, dropout=config.dropout)
+  return GRUClassifier(num_outputs=config.num_outputs, hidden=config.gru_hidden,
+                       num_layers=config.gru_num_layers)
+
+
+def _as_rngs(rngs: Any) -> dict[str, Array] | None:
+  if rngs is None or isinstance(rngs, dict):
+    return rngs
+  return {"dropout": rngs}
+
+
+def make_classifier(config: ClassifierConfig) -> Classifier:
+  """Builds the module and its pure functions; see `Classifier`."""
+  module = make_module(config)
+  binary = config.num_classes == 2
+  needs_rng = config.model == "timesnet" and config.dropout > 0.0
+  jit_init = jax.jit(module.init)
+
+  def init(key: Array, T: int = config.T, C: int = config.C) -> Any:
+    if (T, C) != (config.T, config.C):
+      raise ValueError(f"init(T={T}, C={C}) does not match the config (T={config.T}, "
+                       f"C={config.C}).")
+    return jit_init(key, jnp.zeros((1, T, C), jnp.float32))["params"]
+
+  def logits_fn(params: Any, x: Float[Array, "B T C"], train: bool = False,
+                rngs: Any = None) -> Float[Array, "B K"]:
+    rngs = _as_rngs(rngs)
+    if train and needs_rng and rngs is None:
+      raise ValueError("logits_fn(train=True) needs rngs={'dropout': key} (or a key).")
+    return module.apply({"params": params}, x, train=train, rngs=rngs if train else None)
+
+  def _losses(logits: Array, y: Array) -> Array:
+    if binary:
+      return optax.sigmoid_binary_cross_entropy(logits[..., 0], y.astype(logits.dtype))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
+
+  def loss_fn(params: Any, x: Float[Array, "T C"], y: Int[Array, ""]) -> Float[Array, ""]:
+    return _losses(logits_fn(params, x[None])[0], jnp.asarray(y))
+
+  def batch_loss_fn(params: Any, x: Float[Array, "B T C"], y: Int[Array, "B"],
+                    weights: Float[Array, "B"] | None = None, train: bool = True,
+                    rngs: Any = None) -> Float[Array, ""]:
+    """mean_i(w_i * l_i) (w = 1 when None): weights scale examples, e.g. inverse class freq."""
+    losses = _losses(logits_fn(params, x, train=train, rngs=rngs), y)
+    if weights is not None:
+      losses = losses * weights.astype(losses.dtype)
+    return losses.mean()
+
+  def predict_proba(params: Any, x: Float[Array, "B T C"]) -> Array:
+    logits = logits_fn(params, x)
+    if binary:
+      return jax.nn.sigmoid(logits[:, 0])
+    return jax.nn.softmax(logits, axis=-1)
+
+  return Classifier(config, module, init, logits_fn, loss_fn, batch_loss_fn, predict_proba)

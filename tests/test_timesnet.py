@@ -1,0 +1,160 @@
+"""TimesNet with fixed periods: shapes, batch independence, periods, exactness of the Inception
+shortcut and the DFT amplitudes, derivatives (grad, jvp, grad of jvp) against finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tardiff_jax.models.classifier import ClassifierConfig
+from tardiff_jax.models.classifier import make_classifier
+from tardiff_jax.models.timesnet import InceptionBlock
+from tardiff_jax.models.timesnet import TimesNet
+from tardiff_jax.models.timesnet import period_amplitudes
+from tardiff_jax.models.timesnet import timesnet_periods
+
+TINY = dict(d_model=4, d_ff=4, e_layers=1, top_k=2, num_kernels=2, dropout=0.1)
+
+
+def _tiny(t, c, periods, num_classes=2, **kw):
+  cfg = ClassifierConfig(model="timesnet", num_classes=num_classes, T=t, C=c, periods=periods,
+                         **{**TINY, **kw})
+  clf = make_classifier(cfg)
+  return clf, clf.init(jax.random.key(0), t, c)
+
+
+@pytest.mark.parametrize("t,periods", [(24, (8, 6)), (288, (24, 96))])
+def test_shapes_and_batch_independence(t, periods):
+  clf, params = _tiny(t, 3, periods, num_classes=3)
+  x = jax.random.normal(jax.random.key(1), (4, t, 3))
+  f = jax.jit(clf.logits_fn)
+  logits = f(params, x)
+  assert logits.shape == (4, 3)
+  assert np.all(np.isfinite(logits))
+  # A sample's logits do not depend on its batch mates.
+  other = f(params, jnp.concatenate([x[2:3], 10.0 * x[:2] + 3.0, x[3:]], axis=0))
+  np.testing.assert_allclose(other[0], logits[2], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(other[3], logits[3], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(f(params, x[1:2])[0], logits[1], rtol=1e-5, atol=1e-5)
+
+
+def test_periods_recovered_from_known_signal():
+  rng = np.random.RandomState(0)
+  t = np.arange(288)
+  n = 50
+  phase = rng.uniform(0, 2 * np.pi, (n, 1, 1))
+  x = (3.0 * np.sin(2 * np.pi * t[None, :, None] / 24 + phase)
+       + 1.5 * np.cos(2 * np.pi * t[None, :, None] / 72 + phase)
+       + 0.3 * rng.randn(n, 288, 2))
+  assert timesnet_periods(x, 2) == (24, 72)
+  x24 = np.sin(2 * np.pi * np.arange(24)[None, :, None] / 6 + phase) + 0.1 * rng.randn(n, 24, 3)
+  assert timesnet_periods(x24, 1) == (6,)
+  # Distinct periods: frequencies 5 and 6 of T=24 both have period 4; the second one is skipped.
+  x_dup = (np.sin(2 * np.pi * 5 * np.arange(24) / 24)[None, :, None] * 2.0
+           + np.sin(2 * np.pi * 6 * np.arange(24) / 24)[None, :, None] * 1.9
+           + np.sin(2 * np.pi * 2 * np.arange(24) / 24)[None, :, None])
+  assert timesnet_periods(x_dup, 2) == (4, 12)
+  with pytest.raises(ValueError, match="top_k"):
+    timesnet_periods(x24, 8)  # T=24 has 7 distinct periods
+
+
+def test_bad_periods_rejected():
+  with pytest.raises(ValueError, match="distinct"):
+    ClassifierConfig(model="timesnet", T=24, C=3, periods=(6, 6), top_k=2)
+  with pytest.raises(ValueError, match="Period 5"):
+    ClassifierConfig(model="timesnet", T=24, C=3, periods=(5,), top_k=1)
+  with pytest.raises(ValueError, match="periods"):
+    ClassifierConfig(model="timesnet", T=24, C=3, periods=None)
+
+
+def test_inception_equals_mean_of_separate_convs():
+  x = jax.random.normal(jax.random.key(2), (2, 3, 8, 5))  # grid 3 x 8: kernel rows get cropped
+  block = InceptionBlock(out_channels=4, num_kernels=4)
+  params = jax.jit(block.init)(jax.random.key(3), x)["params"]
+  got = jax.jit(block.apply)({"params": params}, x)
+  outs = []
+  for i in range(4):
+    k = params[f"conv_{i}_kernel"]
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), ((i, i), (i, i)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    outs.append(y + params[f"conv_{i}_bias"])
+  np.testing.assert_allclose(got, jnp.mean(jnp.stack(outs), axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_amplitudes_match_rfft():
+  h = np.random.RandomState(1).randn(24, 5)
+  periods = (24, 8, 4)  # frequencies {1}, {3}, {5, 6}
+  amp = np.abs(np.fft.rfft(h, axis=0))  # [13, 5]
+  want = [amp[1].mean(), amp[3].mean(), 0.5 * (amp[5].mean() + amp[6].mean())]
+  got = period_amplitudes(jnp.asarray(h, jnp.float32), periods, eps=0.0)
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+def test_mask_and_dropout():
+  clf, params = _tiny(24, 3, (8, 6))
+  x = jax.random.normal(jax.random.key(4), (2, 24, 3))
+  apply = jax.jit(lambda m: clf.module.apply({"params": params}, x, mask=m))
+  full = clf.logits_fn(params, x)
+  ones = apply(jnp.ones((2, 24)))
+  np.testing.assert_allclose(full, ones, rtol=1e-6)
+  zero = apply(jnp.zeros((2, 24)))
+  np.testing.assert_allclose(zero, jnp.broadcast_to(params["projection"]["bias"], (2, 1)),
+                             atol=1e-7)
+  train = jax.jit(lambda k: clf.logits_fn(params, x, train=True, rngs=k))
+  a, b = train(jax.random.key(5)), train(jax.random.key(6))
+  assert not np.allclose(a, b)
+  with pytest.raises(ValueError, match="rngs"):
+    clf.logits_fn(params, x, train=True)
+
+
+def check_derivatives(loss_fn, params32, x_shape, key, h=1e-5, rtol=1e-5):
+  """float64: grad_x, grad_params, jvp along G and grad_x of the jvp (the influence input
+  gradient) of a per-example loss, all against central finite differences. One compile."""
+  with jax.enable_x64(True):
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params32)
+    keys = jax.random.split(key, 3)
+    x = jax.random.normal(keys[0], x_shape, jnp.float64)
+    y = jnp.int32(1)
+    vx = jax.random.normal(keys[1], x_shape, jnp.float64)
+    leaves, tree = jax.tree.flatten(params)
+    ks = jax.random.split(keys[2], len(leaves))
+    g = jax.tree.unflatten(tree, [jax.random.normal(k, a.shape, a.dtype)
+                                  for k, a in zip(ks, leaves)])
+
+    @jax.jit
+    def quantities(p, z):
+      loss, (gp, gx) = jax.value_and_grad(loss_fn, argnums=(0, 1))(p, z, y)
+      infl = lambda zz: jax.jvp(lambda q: loss_fn(q, zz, y), (p,), (g,))[1]
+      jvp, gx_jvp = jax.value_and_grad(infl)(z)
+      return loss, gp, gx, jvp, gx_jvp
+
+    loss, gp, gx, jvp, gx_jvp = quantities(params, x)
+    for a in jax.tree.leaves((gp, gx, gx_jvp)):
+      assert np.all(np.isfinite(a))
+    shift = lambda s: jax.tree.map(lambda a, b: a + s * b, params, g)
+    lp, _, _, _, _ = quantities(shift(h), x)
+    lm, _, _, _, _ = quantities(shift(-h), x)
+    fd_p = (lp - lm) / (2 * h)
+    ad_p = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(g)))
+    np.testing.assert_allclose(ad_p, fd_p, rtol=rtol)  # grad w.r.t. params
+    np.testing.assert_allclose(jvp, fd_p, rtol=rtol)  # jvp w.r.t. params
+    lxp, _, _, jp, _ = quantities(params, x + h * vx)
+    lxm, _, _, jm, _ = quantities(params, x - h * vx)
+    np.testing.assert_allclose(jnp.vdot(gx, vx), (lxp - lxm) / (2 * h), rtol=rtol)
+    np.testing.assert_allclose(jnp.vdot(gx_jvp, vx), (jp - jm) / (2 * h), rtol=rtol)
+    assert abs(float(jnp.vdot(gx_jvp, vx))) > 1e-8  # not a vacuous zero
+
+
+def test_derivatives_match_finite_differences():
+  clf, params = _tiny(12, 2, (6, 4), d_model=4, d_ff=4, num_kernels=3)
+  check_derivatives(clf.loss_fn, params, (12, 2), jax.random.key(7))
+
+
+def test_default_size_on_paper_lengths():
+  x = np.random.RandomState(3).randn(8, 288, 3).astype(np.float32)
+  periods = timesnet_periods(x, 3)
+  mod = TimesNet(num_outputs=1, periods=periods)
+  out = jax.eval_shape(lambda k: mod.init_with_output(k, jnp.asarray(x))[0], jax.random.key(0))
+  assert out.shape == (8, 1)
