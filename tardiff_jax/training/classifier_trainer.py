@@ -1,0 +1,400 @@
+"""Training of the downstream classifiers (TimesNet / GRU): Adam, early stopping on VALIDATION.
+
+One engine trains S seeds of one setting together: the per-seed state (params, Adam state, rng,
+step) is stacked along a leading axis and a single jitted, `jax.vmap`ped epoch function (a
+`lax.scan` over the epoch's minibatches) advances all seeds at once. Each seed has its own init
+key, dropout keys and minibatch order, so seed s trained inside a group of S equals seed s
+trained alone (up to float re-association). Early stopping is per seed: a seed whose validation
+AUPRC has not improved for `patience` epochs is frozen by a mask (its state no longer changes)
+and its best parameters are kept.
+
+Honesty: the functions here take training and validation arrays only; test data never enters
+(the threshold and the stopping epoch are chosen on validation).
+
+Static shapes: minibatches have a fixed size `min(batch_size, N)`; the last minibatch of an
+epoch is padded with zero-weight examples, so one compile serves every epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn import metrics as skm
+
+from tardiff_jax.training.checkpoints import CheckpointStore
+from tardiff_jax.training.progress import Progress
+
+Array = jax.Array
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainClassifierConfig:
+  """Hyper-parameters of classifier training (configs/default.py `c.train_classifier`)."""
+
+  batch_size: int = 128  # Examples per step (clamped to the training-set size).
+  max_epochs: int = 30  # Upper bound on epochs.
+  patience: int = 5  # Epochs without a validation-AUPRC improvement before a seed stops.
+  learning_rate: float = 1e-3  # Adam learning rate.
+  class_weighting: bool = False  # Weight examples by N / (K * n_class) ("balanced").
+  eval_batch_size: int = 1024  # Validation examples per jitted prediction call.
+
+  def __post_init__(self):
+    if int(self.batch_size) < 1:
+      raise ValueError(f"train_classifier.batch_size must be >= 1, got {self.batch_size}.")
+    if int(self.max_epochs) < 1:
+      raise ValueError(f"train_classifier.max_epochs must be >= 1, got {self.max_epochs}.")
+    if int(self.patience) < 1:
+      raise ValueError(f"train_classifier.patience must be >= 1, got {self.patience}.")
+    if not (float(self.learning_rate) > 0 and math.isfinite(float(self.learning_rate))):
+      raise ValueError(
+          f"train_classifier.learning_rate must be finite and > 0, got {self.learning_rate}.")
+    if int(self.eval_batch_size) < 1:
+      raise ValueError(
+          f"train_classifier.eval_batch_size must be >= 1, got {self.eval_batch_size}.")
+
+  @classmethod
+  def from_config(cls, section) -> TrainClassifierConfig:
+    """From the `train_classifier` ConfigDict section (missing fields take the defaults)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {n: section[n] for n in names if n in section}
+    types = {"batch_size": int, "max_epochs": int, "patience": int, "learning_rate": float,
+             "class_weighting": bool, "eval_batch_size": int}
+    return cls(**{k: types[k](v) for k, v in kwargs.items()})
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------- the engine
+
+
+def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
+                           config: TrainClassifierConfig, seeds: Sequence[int], *,
+                           name: str = "train_classifier", metrics_path: str | None = None,
+                           quiet: bool = False) -> tuple[PyTree, list[dict[str, Any]]]:
+  """Trains one classifier per seed, all seeds in one vmapped computation.
+
+  Args:
+    classifier: an object with `init(key, T, C)` and `logits_fn(params, x[B,T,C], train, rngs)
+      -> [B, K]` (K = 1: one logit, binary).
+    x_train: float32[N, T, C] (finite: missing values already filled), y_train: int[N].
+    x_val: float32[M, T, C], y_val: int[M] with both classes (validation AUPRC drives stopping).
+    config: training hyper-parameters.
+    seeds: S integer seeds (init, dropout and minibatch order all derive from the seed).
+    name, metrics_path, quiet: progress output (one line per epoch; metrics.jsonl lines).
+  Returns:
+    (params, histories): the best-validation-AUPRC params of every seed stacked on a leading
+    axis of size S, and one history dict per seed.
+  """
+  seeds = [int(s) for s in seeds]
+  if not seeds:
+    raise ValueError("train_classifier: need at least one seed.")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"train_classifier: seeds must be distinct; got {seeds}.")
+  if any(s < 0 for s in seeds):
+    raise ValueError(f"train_classifier: seeds must be >= 0; got {seeds}.")
+  x_train, y_train = _check_xy(x_train, y_train, "train")
+  x_val, y_val = _check_xy(x_val, y_val, "validation")
+  if x_val.shape[1:] != x_train.shape[1:]:
+    raise ValueError(f"train_classifier: validation [T, C] {x_val.shape[1:]} differs from "
+                     f"training {x_train.shape[1:]}.")
+  if not 0 < int(y_val.sum()) < y_val.size:
+    raise ValueError("train_classifier: the validation split has one class only; validation "
+                     "AUPRC (the early-stopping criterion) is undefined.")
+  if int(y_val.max()) > 1 or int(y_train.max()) > 1:
+    raise ValueError("train_classifier: early stopping on AUPRC needs binary labels {0, 1}.")
+  n, t, c = x_train.shape
+  s_count = len(seeds)
+  batch = min(int(config.batch_size), n)
+  steps = -(-n // batch)
+  weights = _example_weights(y_train, config.class_weighting)
+
+  fns = _make_fns(classifier, config.learning_rate, t, c)
+  keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+  state = fns["init"](keys)
+  best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # The epoch fn donates state.
+  x_dev, y_dev, w_dev = jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(weights)
+
+  eval_b = min(int(config.eval_batch_size), x_val.shape[0])
+  x_val_chunks, n_val = _chunks(x_val, eval_b)
+
+  hist = [{"seed": s, "train_loss": [], "val_auprc": [], "val_auroc": [], "best_epoch": 0,
+           "best_val_auprc": -math.inf, "stopped_epoch": None} for s in seeds]
+  best = np.full(s_count, -np.inf)
+  wait = np.zeros(s_count, np.int64)
+  active = np.ones(s_count, bool)
+  progress = Progress(name, total=config.max_epochs, metrics_path=metrics_path, unit="epoch",
+                      quiet=quiet)
+  t0 = time.perf_counter()
+  epochs_run = 0
+  for epoch in range(1, config.max_epochs + 1):
+    idx = np.stack([_epoch_indices(s, epoch, n, batch, steps) for s in seeds])  # [S, steps, B]
+    valid = (np.arange(steps * batch) < n).reshape(steps, batch).astype(np.float32)
+    state, losses = fns["epoch"](state, jnp.asarray(active), x_dev, y_dev, w_dev,
+                                 jnp.asarray(idx), jnp.asarray(valid))
+    probs = np.concatenate(
+        [np.asarray(fns["proba"](state["params"], xc)) for xc in x_val_chunks], axis=1)[:, :n_val]
+    losses = np.asarray(losses).mean(axis=1)
+    improved = np.zeros(s_count, bool)
+    for i in range(s_count):
+      if not active[i]:
+        continue
+      auprc = float(skm.average_precision_score(y_val, probs[i]))
+      auroc = float(skm.roc_auc_score(y_val, probs[i]))
+      h = hist[i]
+      h["train_loss"].append(float(losses[i]))
+      h["val_auprc"].append(auprc)
+      h["val_auroc"].append(auroc)
+      if auprc > best[i]:
+        best[i], wait[i], improved[i] = auprc, 0, True
+        h["best_epoch"], h["best_val_auprc"] = epoch, auprc
+      else:
+        wait[i] += 1
+    best_params = fns["keep"](jnp.asarray(improved), state["params"], best_params)
+    epochs_run = epoch
+    stop = active & (wait >= config.patience)
+    for i in np.flatnonzero(stop):
+      hist[i]["stopped_epoch"] = epoch
+    active = active & ~stop
+    act_losses = [hist[i]["train_loss"][-1] for i in range(s_count) if hist[i]["stopped_epoch"]
+                  in (None, epoch)]
+    progress.report(epoch, loss=float(np.mean(act_losses)), val_auprc=float(np.mean(best)),
+                    active_seeds=int(active.sum()))
+    if not active.any():
+      break
+  jax.block_until_ready(best_params)
+  elapsed = time.perf_counter() - t0
+  for h in hist:
+    h.update(epochs_run=len(h["val_auprc"]), batch_size=batch, steps_per_epoch=steps,
+             time_s=elapsed, group_epochs=epochs_run)
+  return best_params, hist
+
+
+_FN_CACHE: dict[Any, dict[str, Any]] = {}
+
+
+def _make_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, Any]:
+  """The jitted, seed-vmapped pieces: init, one epoch (scan over minibatches), predict, keep.
+
+  Cached per (classifier config, learning rate, T, C) so repeated trainings of one setting
+  (seeds, TSRTR ratios) reuse the compiled functions.
+  """
+  cfg = getattr(classifier, "config", None)
+  key = None if cfg is None else (cfg, float(learning_rate), int(t), int(c))
+  if key is not None and key in _FN_CACHE:
+    return _FN_CACHE[key]
+  fns = _build_fns(classifier, learning_rate, t, c)
+  if key is not None:
+    if len(_FN_CACHE) >= 8:
+      _FN_CACHE.pop(next(iter(_FN_CACHE)))
+    _FN_CACHE[key] = fns
+  return fns
+
+
+def _build_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, Any]:
+  tx = optax.adam(learning_rate)
+
+  def init_one(key):
+    init_key, rng = jax.random.split(key)
+    params = classifier.init(init_key, t, c)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "rng": rng}
+
+  def loss(params, xb, yb, wb, key):
+    logits = classifier.logits_fn(params, xb, train=True, rngs={"dropout": key})
+    per = per_example_loss(logits, yb)
+    return jnp.sum(wb * per) / jnp.maximum(jnp.sum(wb), 1e-12)
+
+  def step_one(state, active, x_all, y_all, w_all, idx, valid):
+    xb, yb, wb = x_all[idx], y_all[idx], w_all[idx] * valid
+    key = jax.random.fold_in(state["rng"], state["step"])
+    value, grads = jax.value_and_grad(loss)(state["params"], xb, yb, wb, key)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes float ** int.
+      updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    new = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
+           "opt_state": opt_state, "rng": state["rng"]}
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, state)
+    return new, value
+
+  def epoch_one(state, active, x_all, y_all, w_all, idx, valid):
+    def body(st, inp):
+      return step_one(st, active, x_all, y_all, w_all, *inp)
+    return jax.lax.scan(body, state, (idx, valid))
+
+  def keep(mask, new, old):
+    return jax.tree_util.tree_map(
+        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+  return {
+      "init": jax.jit(jax.vmap(init_one)),
+      "epoch": jax.jit(jax.vmap(epoch_one, in_axes=(0, 0, None, None, None, 0, None)),
+                       donate_argnums=(0,)),
+      "proba": _proba_fn(classifier, True),
+      "keep": jax.jit(keep),
+  }
+
+
+def per_example_loss(logits: Array, y: Array) -> Array:
+  """BCE on one logit (K = 1) or softmax cross-entropy (K > 1). logits: [B, K], y: [B] -> [B]."""
+  if logits.shape[-1] == 1:
+    return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(logits.dtype))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def probability_of_one(logits: Array) -> Array:
+  """P(y = 1 | x) from logits [B, K] (K = 1: sigmoid; K >= 2: softmax column 1) -> [B]."""
+  if logits.shape[-1] == 1:
+    return jax.nn.sigmoid(logits[:, 0])
+  return jax.nn.softmax(logits, axis=-1)[:, 1]
+
+
+def _example_weights(y: np.ndarray, class_weighting: bool) -> np.ndarray:
+  """Per-example loss weights: 1, or N / (K * n_class) for present classes ("balanced")."""
+  if not class_weighting:
+    return np.ones(y.shape, np.float32)
+  classes, counts = np.unique(y, return_counts=True)
+  k = max(int(y.max()) + 1, 2)
+  per_class = np.zeros(k, np.float64)
+  per_class[classes] = y.size / (len(classes) * counts)
+  return per_class[y].astype(np.float32)
+
+
+def _epoch_indices(seed: int, epoch: int, n: int, batch: int, steps: int) -> np.ndarray:
+  """The seed's minibatch indices for `epoch`: a seeded permutation, padded -> int32[steps, B]."""
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  pad = steps * batch - n
+  if pad:
+    perm = np.concatenate([perm, perm[:pad]])  # Padded slots carry weight 0.
+  return perm.reshape(steps, batch).astype(np.int32)
+
+
+def _chunks(x: np.ndarray, size: int) -> tuple[list[Array], int]:
+  """Splits [M, ...] into equal chunks of `size` rows (last one zero-padded): static shapes."""
+  m = x.shape[0]
+  pad = (-m) % size
+  if pad:
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+  return [jnp.asarray(x[i:i + size]) for i in range(0, x.shape[0], size)], m
+
+
+def _check_xy(x, y, split: str) -> tuple[np.ndarray, np.ndarray]:
+  x = np.asarray(x)
+  y = np.asarray(y)
+  if x.ndim != 3:
+    raise ValueError(f"train_classifier: {split} x must have shape [N, T, C]; got {x.shape}.")
+  if y.shape != (x.shape[0],):
+    raise ValueError(f"train_classifier: {split} y must have shape [{x.shape[0]}]; got "
+                     f"{y.shape}.")
+  if x.shape[0] == 0:
+    raise ValueError(f"train_classifier: the {split} split is empty.")
+  if not np.isfinite(x).all():
+    raise ValueError(f"train_classifier: {split} x has NaN/inf values; fill missing values "
+                     "(the data layer fills them with 0 after normalisation).")
+  if y.dtype.kind not in "iub" or y.min() < 0:
+    raise ValueError(f"train_classifier: {split} y must be non-negative integer labels.")
+  return x.astype(np.float32), y.astype(np.int32)
+
+
+_PROBA_CACHE: dict[Any, Any] = {}
+
+
+def _proba_fn(classifier, seeds_axis: bool):
+  """jit(P(y=1|x)) for one params pytree, or vmapped over seed-stacked params; cached."""
+  cfg = getattr(classifier, "config", None)
+  key = None if cfg is None else (cfg, seeds_axis)
+  if key is not None and key in _PROBA_CACHE:
+    return _PROBA_CACHE[key]
+  one = lambda p, xb: probability_of_one(classifier.logits_fn(p, xb, train=False))
+  fn = jax.jit(jax.vmap(one, in_axes=(0, None)) if seeds_axis else one)
+  if key is not None:
+    if len(_PROBA_CACHE) >= 16:
+      _PROBA_CACHE.pop(next(iter(_PROBA_CACHE)))
+    _PROBA_CACHE[key] = fn
+  return fn
+
+
+def predict_proba(classifier, params: PyTree, x, batch_size: int = 1024,
+                  stacked: bool = False) -> np.ndarray:
+  """P(y = 1 | x) for float32[N, T, C] in fixed-size jitted chunks -> float64[N] (numpy).
+
+  With `stacked=True`, `params` carry a leading seed axis and the result is float64[S, N].
+  """
+  x = np.asarray(x, np.float32)
+  size = max(1, min(int(batch_size), x.shape[0]))
+  chunks, n = _chunks(x, size)
+  fn = _proba_fn(classifier, stacked)
+  out = np.concatenate([np.asarray(fn(params, xc)) for xc in chunks], axis=-1)
+  return out[..., :n].astype(np.float64)
+
+
+def unstack(tree: PyTree, i: int) -> PyTree:
+  """Seed `i` of a seed-stacked pytree."""
+  return jax.tree_util.tree_map(lambda a: a[i], tree)
+
+
+# ---------------------------------------------------------------------------- single model
+
+
+def train_classifier(classifier, x_train, y_train, x_val, y_val, config: TrainClassifierConfig,
+                     seed: int, workdir: str | None = None,
+                     quiet: bool = False) -> tuple[PyTree, dict[str, Any]]:
+  """Trains the guidance classifier on (train, validation); checkpoints into `workdir`.
+
+  With `workdir`, the best parameters are saved under `workdir/checkpoints/classifier` with
+  meta {"final": True, "classifier_config": classifier.config.to_dict(), "train_config",
+  "history"}; a later call finding that final checkpoint restores it and skips training
+  (raising ValueError if its classifier config differs). Progress lines go to stderr and
+  `workdir/metrics.jsonl`.
+
+  Args/returns: as `train_classifier_seeds` with a single `seed`; returns (params, history).
+  """
+  ckpt_dir = metrics_path = None
+  cls_cfg = _classifier_config_dict(classifier)
+  x_train = np.asarray(x_train)
+  if workdir is not None:
+    ckpt_dir = os.path.join(os.fspath(workdir), "checkpoints", "classifier")
+    metrics_path = os.path.join(os.fspath(workdir), "metrics.jsonl")
+    with CheckpointStore(ckpt_dir) as store:
+      if store.latest_step() is not None:
+        meta = store.restore_meta()
+        if meta.get("final"):
+          if cls_cfg is not None and meta.get("classifier_config") != cls_cfg:
+            raise ValueError(
+                f"train_classifier: the final checkpoint in {ckpt_dir} was trained with a "
+                f"different classifier config {meta.get('classifier_config')} (requested "
+                f"{cls_cfg}); use a fresh workdir.")
+          t, c = x_train.shape[1:]
+          abstract = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0), t, c))
+          state, meta = store.restore({"params": abstract})
+          history = dict(meta.get("history", {}))
+          history["restored"] = True
+          return state["params"], history
+  params, hists = train_classifier_seeds(
+      classifier, x_train, y_train, x_val, y_val, config, [seed], metrics_path=metrics_path,
+      quiet=quiet)
+  params = unstack(params, 0)
+  history = hists[0]
+  if ckpt_dir is not None:
+    with CheckpointStore(ckpt_dir) as store:
+      store.save(history["epochs_run"], {"params": params},
+                 meta={"final": True, "classifier_config": cls_cfg,
+                       "train_config": config.to_dict(), "seed": int(seed), "history": history})
+  return params, history
+
+
+def _classifier_config_dict(classifier) -> dict[str, Any] | None:
+  cfg = getattr(classifier, "config", None)
+  if cfg is None or not hasattr(cfg, "to_dict"):
+    return None
+  import json
+  return json.loads(json.dumps(cfg.to_dict()))  # Tuples -> lists, as the JSON meta stores it.

@@ -1,0 +1,166 @@
+"""Classifier training: vmapped seeds = separate runs, early stopping on validation only,
+loss goes down, checkpoint skip, and the fresh-classifier engine never learns from test."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import jax
+import numpy as np
+import pytest
+
+from tardiff_jax.evaluation import downstream
+from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
+from tardiff_jax.training import classifier_trainer as ct
+
+T, C = 8, 2
+CFG = ClassifierConfig(model="gru", T=T, C=C, gru_hidden=4, gru_num_layers=1)
+TCFG = ct.TrainClassifierConfig(batch_size=64, max_epochs=8, patience=2, learning_rate=3e-2,
+                                class_weighting=True)
+SEEDS = (0, 1)  # Trained together (S=2) and one by one (S=1): the two compiled shapes used.
+
+
+def _toy(n: int, seed: int):
+  """Simulator-like toy: risk rises with the last hours of channel 0; ~20% positives."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, T, C)).astype(np.float32)
+  score = 1.5 * x[:, -2:, 0].sum(1) + 0.5 * rng.normal(size=n)
+  return x, (score > 2.0).astype(np.int32)
+
+
+@pytest.fixture(scope="module")
+def data():
+  return _toy(230, 0), _toy(128, 1), _toy(128, 2)  # train (230: last batch padded), val, test
+
+
+@pytest.fixture(scope="module")
+def clf():
+  return make_classifier(CFG)
+
+
+@pytest.fixture(scope="module")
+def runs(data, clf):
+  (xt, yt), (xv, yv), _ = data
+  multi = ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, SEEDS, quiet=True)
+  singles = [ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [s], quiet=True)
+             for s in SEEDS]
+  return multi, singles
+
+
+def test_vmapped_seeds_equal_separate_runs(runs, data, clf):
+  (multi_p, multi_h), singles = runs
+  xv = data[1][0]
+  p_multi = ct.predict_proba(clf, multi_p, xv, stacked=True)
+  for i, (p1, h1) in enumerate(singles):
+    np.testing.assert_allclose(p_multi[i], ct.predict_proba(clf, ct.unstack(p1, 0), xv),
+                               atol=1e-5)
+    assert multi_h[i]["best_epoch"] == h1[0]["best_epoch"]
+    assert multi_h[i]["stopped_epoch"] == h1[0]["stopped_epoch"]
+    np.testing.assert_allclose(multi_h[i]["val_auprc"], h1[0]["val_auprc"], atol=1e-5)
+    np.testing.assert_allclose(multi_h[i]["train_loss"], h1[0]["train_loss"], rtol=1e-4)
+
+
+def test_seeds_are_respected(runs, data, clf):
+  _, singles = runs
+  (xt, yt), (xv, yv), _ = data
+  leaves = [jax.tree_util.tree_leaves(p) for p, _ in singles]
+  assert not np.allclose(leaves[0][0], leaves[1][0])  # Different seeds, different models.
+  again, _ = ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0], quiet=True)
+  for a, b in zip(jax.tree_util.tree_leaves(again), leaves[0]):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # Same seed, same bytes.
+
+
+def test_training_lowers_loss_and_learns(runs):
+  (_, hists), _ = runs
+  for h in hists:
+    assert h["train_loss"][-1] < h["train_loss"][0]
+    assert max(h["val_auroc"]) > 0.85
+    assert h["best_val_auprc"] == max(h["val_auprc"])
+    assert h["epochs_run"] <= TCFG.max_epochs
+
+
+def test_early_stopping_reads_validation_labels(runs, data, clf):
+  (xt, yt), (xv, yv), _ = data
+  _, singles = runs
+  true_h = singles[0][1][0]
+  # Flipped validation labels: the model gets worse by that measure as it learns, so it stops
+  # earlier, at another best epoch; same training data, so only validation can cause this.
+  _, flipped = ct.train_classifier_seeds(clf, xt, yt, xv, 1 - yv, TCFG, [0], quiet=True)
+  assert flipped[0]["train_loss"][0] == true_h["train_loss"][0]
+  assert flipped[0]["best_epoch"] < true_h["best_epoch"]
+  assert flipped[0]["stopped_epoch"] == flipped[0]["best_epoch"] + TCFG.patience
+  assert flipped[0]["stopped_epoch"] != true_h["stopped_epoch"]
+  # No function of the training API can even receive test data.
+  for fn in (ct.train_classifier, ct.train_classifier_seeds):
+    assert not any("test" in name for name in inspect.signature(fn).parameters)
+
+
+def test_evaluate_fresh_never_learns_from_test(data):
+  (xt, yt), (xv, yv), (xs, ys) = data
+  a = downstream.evaluate_fresh(xt, yt, xv, yv, xs, ys, CFG, TCFG, seeds=[3, 4])
+  # Poisoned test set: flipped labels. Training, stopping and thresholds must not move.
+  b = downstream.evaluate_fresh(xt, yt, xv, yv, xs, 1 - ys, CFG, TCFG, seeds=[3, 4],
+                                minority=a["minority_class"])
+  for sa, sb in zip(a["seeds"], b["seeds"]):
+    assert sa["seed"] == sb["seed"]
+    assert sa["best_epoch"] == sb["best_epoch"] and sa["threshold"] == sb["threshold"]
+    assert sa["val_auprc"] == sb["val_auprc"]
+    assert sb["auroc"] == pytest.approx(1.0 - sa["auroc"])
+  assert a["num_seeds"] == 2 and set(a["std"]) == set(downstream.METRIC_KEYS)
+  assert a["auroc"] == pytest.approx(np.mean([s["auroc"] for s in a["seeds"]]))
+  assert a["auroc"] > 0.75
+
+
+def test_checkpoint_skip(tmp_path, data, clf):
+  (xt, yt), (xv, yv), _ = data
+  p1, h1 = ct.train_classifier(clf, xt, yt, xv, yv, TCFG, seed=0, workdir=str(tmp_path),
+                               quiet=True)
+  assert "restored" not in h1
+  assert (tmp_path / "metrics.jsonl").exists()
+  p2, h2 = ct.train_classifier(clf, xt, yt, xv, yv, TCFG, seed=0, workdir=str(tmp_path),
+                               quiet=True)
+  assert h2["restored"] and h2["best_epoch"] == h1["best_epoch"]
+  for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  other = make_classifier(dataclasses.replace(CFG, gru_hidden=5))
+  with pytest.raises(ValueError, match="different classifier config"):
+    ct.train_classifier(other, xt, yt, xv, yv, TCFG, seed=0, workdir=str(tmp_path), quiet=True)
+
+
+def test_epoch_indices_cover_each_example_once():
+  idx = ct._epoch_indices(7, 3, n=200, batch=64, steps=4)
+  assert idx.shape == (4, 64)
+  assert sorted(idx.reshape(-1)[:200].tolist()) == list(range(200))
+  assert not np.array_equal(idx, ct._epoch_indices(7, 4, n=200, batch=64, steps=4))
+
+
+def test_class_weights_balance_classes():
+  y = np.array([0] * 8 + [1] * 2)
+  w = ct._example_weights(y, True)
+  assert w[y == 0].sum() == pytest.approx(w[y == 1].sum())
+  assert w.sum() == pytest.approx(10.0)
+
+
+def test_config_validation():
+  import ml_collections
+  sec = ml_collections.ConfigDict({"batch_size": 32, "max_epochs": 3, "patience": 1,
+                                   "learning_rate": 1e-3, "class_weighting": True})
+  cfg = ct.TrainClassifierConfig.from_config(sec)
+  assert cfg.batch_size == 32 and cfg.class_weighting and cfg.eval_batch_size == 1024
+  for bad in ({"batch_size": 0}, {"patience": 0}, {"learning_rate": -1.0},
+              {"max_epochs": 0}):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      ct.TrainClassifierConfig(**bad)
+
+
+def test_bad_inputs_raise(clf, data):
+  (xt, yt), (xv, yv), _ = data
+  with pytest.raises(ValueError, match="one class"):
+    ct.train_classifier_seeds(clf, xt, yt, xv, np.zeros_like(yv), TCFG, [0], quiet=True)
+  with pytest.raises(ValueError, match="NaN"):
+    bad = xt.copy()
+    bad[0, 0, 0] = np.nan
+    ct.train_classifier_seeds(clf, bad, yt, xv, yv, TCFG, [0], quiet=True)
+  with pytest.raises(ValueError, match="distinct"):
+    ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [1, 1], quiet=True)
