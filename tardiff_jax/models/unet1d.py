@@ -1,0 +1,289 @@
+"""Class-conditional 1D U-Net denoiser for [T, C] series (the reference code's openai-style U-Net).
+
+Layout is time-major, `x: float32[B, T, C]`. The network predicts the noise `eps: [B, T, C]`
+from the noisy series, the diffusion step `t: int[B]` and the class label `y: int[B]`. Label
+`num_classes` is the null label of classifier-free guidance; in training, labels are replaced
+by it with probability `label_dropout` (rng stream "label").
+
+Structure (as guided-diffusion's `UNetModel` with `dims=1`, `use_scale_shift_norm=True`,
+`resblock_updown=True`): sinusoidal time embedding + 2-layer MLP (width 4 * base_channels),
+label embedding added to it; input conv; per level `num_res_blocks` residual blocks (+ multi-head
+self-attention when the level's downsampling factor is in `attention_resolutions`) and a
+down-sampling residual block; a middle ResBlock-Attention-ResBlock; the mirrored decoder with
+skip connections and up-sampling residual blocks; GroupNorm-SiLU-zero-initialised output conv.
+T is zero-padded at the end to a multiple of 2^(levels-1) and cropped back at the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Hyper-parameters of `UNet1D` (see configs/default.py `c.unet`)."""
+
+  base_channels: int = 32
+  channel_mult: tuple[int, ...] = (1, 2, 2)
+  num_res_blocks: int = 1
+  attention_resolutions: tuple[int, ...] = (2,)
+  num_heads: int = 4
+  dropout: float = 0.0
+  num_classes: int = 2
+  label_dropout: float = 0.1
+
+  def __post_init__(self):
+    object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+    object.__setattr__(self, "attention_resolutions",
+                       tuple(int(r) for r in self.attention_resolutions))
+    if self.base_channels < 1:
+      raise ValueError(f"unet.base_channels must be >= 1, got {self.base_channels}.")
+    if not self.channel_mult or any(m < 1 for m in self.channel_mult):
+      raise ValueError(f"unet.channel_mult must be a non-empty tuple of ints >= 1, "
+                       f"got {self.channel_mult}.")
+    if self.num_res_blocks < 1:
+      raise ValueError(f"unet.num_res_blocks must be >= 1, got {self.num_res_blocks}.")
+    if self.num_heads < 1:
+      raise ValueError(f"unet.num_heads must be >= 1, got {self.num_heads}.")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"unet.dropout must be in [0, 1), got {self.dropout}.")
+    if not 0.0 <= self.label_dropout <= 1.0:
+      raise ValueError(f"unet.label_dropout must be in [0, 1], got {self.label_dropout}.")
+    if self.num_classes < 1:
+      raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
+    factors = [2 ** i for i in range(len(self.channel_mult))]
+    for r in self.attention_resolutions:
+      if r not in factors:
+        raise ValueError(f"unet.attention_resolutions entry {r} is not a downsampling factor of "
+                         f"this U-Net (levels have factors {factors}).")
+    # Every width that sees attention (the attention levels and the middle block) must split
+    # into num_heads heads.
+    attn_widths = [self.base_channels * self.channel_mult[factors.index(r)]
+                   for r in self.attention_resolutions]
+    attn_widths.append(self.base_channels * self.channel_mult[-1])
+    for w in attn_widths:
+      if w % self.num_heads:
+        raise ValueError(f"unet.num_heads={self.num_heads} does not divide attention width {w}.")
+
+  @classmethod
+  def from_config(cls, section: Any, num_classes: int) -> UNetConfig:
+    """Builds the config from an ml_collections section `cfg.unet` (or any mapping)."""
+    get = section.get if hasattr(section, "get") else lambda k, d=None: getattr(section, k, d)
+    defaults = cls()
+    return cls(
+        base_channels=int(get("base_channels", defaults.base_channels)),
+        channel_mult=tuple(get("channel_mult", defaults.channel_mult)),
+        num_res_blocks=int(get("num_res_blocks", defaults.num_res_blocks)),
+        attention_resolutions=tuple(get("attention_resolutions", defaults.attention_resolutions)),
+        num_heads=int(get("num_heads", defaults.num_heads)),
+        dropout=float(get("dropout", defaults.dropout)),
+        num_classes=int(num_classes),
+        label_dropout=float(get("label_dropout", defaults.label_dropout)))
+
+  def to_dict(self) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+  @property
+  def time_multiple(self) -> int:
+    """T is padded to a multiple of this (2^(levels-1))."""
+    return 2 ** (len(self.channel_mult) - 1)
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+  """Sinusoidal embedding of integer steps `t: [B]` -> `[B, dim]` ([cos | sin], as the reference)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.concatenate([emb, jnp.zeros_like(emb[:, :1])], axis=-1)
+  return emb
+
+
+def _groups(channels: int) -> int:
+  """GroupNorm groups: 32 as the reference (GroupNorm32) when possible, else the largest divisor."""
+  return math.gcd(32, channels)
+
+
+def _norm(channels: int, name: str | None = None) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=_groups(channels), epsilon=1e-5, name=name)
+
+
+def _conv(features: int, kernel: int, name: str | None = None, zero: bool = False) -> nn.Conv:
+  return nn.Conv(features, (kernel,), padding="SAME", name=name,
+                 kernel_init=nn.initializers.zeros if zero else nn.linear.default_kernel_init)
+
+
+def _down(h: Array) -> Array:
+  """Average-pools time by 2: [B, T, C] -> [B, T/2, C]."""
+  b, t, c = h.shape
+  return h.reshape(b, t // 2, 2, c).mean(axis=2)
+
+
+def _up(h: Array) -> Array:
+  """Nearest-neighbour upsampling of time by 2: [B, T, C] -> [B, 2T, C]."""
+  return jnp.repeat(h, 2, axis=1)
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-SiLU-conv, scale-shift norm from the embedding, dropout, zero conv; optional resample."""
+
+  out_channels: int
+  dropout: float = 0.0
+  resample: str | None = None  # None, "down" or "up".
+
+  @nn.compact
+  def __call__(self, x: Array, emb: Array, train: bool) -> Array:
+    c_in = x.shape[-1]
+    h = nn.silu(_norm(c_in, "in_norm")(x))
+    if self.resample == "down":
+      h, x = _down(h), _down(x)
+    elif self.resample == "up":
+      h, x = _up(h), _up(x)
+    h = _conv(self.out_channels, 3, "in_conv")(h)
+    scale_shift = nn.Dense(2 * self.out_channels, name="emb_proj")(nn.silu(emb))[:, None, :]
+    scale, shift = jnp.split(scale_shift, 2, axis=-1)
+    h = _norm(self.out_channels, "out_norm")(h) * (1.0 + scale) + shift
+    h = nn.silu(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = _conv(self.out_channels, 3, "out_conv", zero=True)(h)
+    if c_in != self.out_channels:
+      x = _conv(self.out_channels, 1, "skip")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """Multi-head self-attention over time with a residual connection (zero-initialised output)."""
+
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, t, c = x.shape
+    d = c // self.num_heads
+    qkv = nn.Dense(3 * c, name="qkv")(_norm(c, "norm")(x))
+    q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, d), 3, axis=2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, T, H, D]
+    logits = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(jnp.float32(d))
+    weights = jax.nn.softmax(logits, axis=-1)
+    h = jnp.einsum("bhts,bshd->bthd", weights, v).reshape(b, t, c)
+    h = nn.Dense(c, name="proj_out", kernel_init=nn.initializers.zeros)(h)
+    return x + h
+
+
+class UNet1D(nn.Module):
+  """Epsilon-prediction U-Net: `(x[B,T,C], t[B], y[B]) -> eps[B,T,C]`."""
+
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, x: Array, t: Array, y: Array, train: bool = False) -> Array:
+    cfg = self.config
+    if x.ndim != 3:
+      raise ValueError(f"UNet1D expects x of shape [B, T, C], got {x.shape}.")
+    b, length, c_in = x.shape
+    chex.assert_shape(t, (b,))
+    chex.assert_shape(y, (b,))
+    emb_dim = 4 * cfg.base_channels
+
+    # Time and label embeddings.
+    emb = timestep_embedding(t, cfg.base_channels)
+    emb = nn.Dense(emb_dim, name="time_mlp_0")(emb)
+    emb = nn.Dense(emb_dim, name="time_mlp_1")(nn.silu(emb))
+    y = y.astype(jnp.int32)
+    if train and cfg.label_dropout > 0.0:
+      drop = jax.random.bernoulli(self.make_rng("label"), cfg.label_dropout, y.shape)
+      y = jnp.where(drop, jnp.int32(cfg.num_classes), y)
+    emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, name="label_emb")(y)
+
+    # Pad T to a multiple of 2^(levels-1); crop at the end.
+    mult = cfg.time_multiple
+    padded = -(-length // mult) * mult
+    h = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0))) if padded != length else x
+
+    h = _conv(cfg.base_channels, 3, "in_conv")(h)
+    skips = [h]
+    ds = 1
+    for level, m in enumerate(cfg.channel_mult):
+      for i in range(cfg.num_res_blocks):
+        h = ResBlock(cfg.base_channels * m, cfg.dropout, name=f"down_{level}_res_{i}")(h, emb, train)
+        if ds in cfg.attention_resolutions:
+          h = AttentionBlock(cfg.num_heads, name=f"down_{level}_attn_{i}")(h)
+        skips.append(h)
+      if level != len(cfg.channel_mult) - 1:
+        h = ResBlock(h.shape[-1], cfg.dropout, resample="down", name=f"down_{level}_resample")(
+            h, emb, train)
+        skips.append(h)
+        ds *= 2
+
+    h = ResBlock(h.shape[-1], cfg.dropout, name="mid_res_0")(h, emb, train)
+    h = AttentionBlock(cfg.num_heads, name="mid_attn")(h)
+    h = ResBlock(h.shape[-1], cfg.dropout, name="mid_res_1")(h, emb, train)
+
+    for level in reversed(range(len(cfg.channel_mult))):
+      m = cfg.channel_mult[level]
+      for i in range(cfg.num_res_blocks + 1):
+        h = jnp.concatenate([h, skips.pop()], axis=-1)
+        h = ResBlock(cfg.base_channels * m, cfg.dropout, name=f"up_{level}_res_{i}")(h, emb, train)
+        if ds in cfg.attention_resolutions:
+          h = AttentionBlock(cfg.num_heads, name=f"up_{level}_attn_{i}")(h)
+      if level != 0:
+        h = ResBlock(h.shape[-1], cfg.dropout, resample="up", name=f"up_{level}_resample")(
+            h, emb, train)
+        ds //= 2
+
+    h = nn.silu(_norm(h.shape[-1], "out_norm")(h))
+    h = _conv(c_in, 3, "out_conv", zero=True)(h)
+    return h[:, :length, :]
+
+
+def make_denoiser(config: UNetConfig) -> tuple[UNet1D, Callable[..., Array]]:
+  """Returns `(module, apply_fn)`; `apply_fn(params, x, t, y) -> eps` runs in eval mode."""
+  module = UNet1D(config)
+
+  def apply_fn(params: Any, x: Array, t: Array, y: Array) -> Array:
+    return module.apply({"params": params}, x, t, y, train=False)
+
+  return module, apply_fn
+
+
+def init_params(config: UNetConfig, key: Array, seq_len: int, channels: int) -> Any:
+  """Initialises U-Net parameters for series of shape [seq_len, channels] (deterministic in key)."""
+  return _jitted_init(config, int(seq_len), int(channels))(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(config: UNetConfig, seq_len: int, channels: int) -> Callable[[Array], Any]:
+  """One compiled init per (config, shape): an eager init would dispatch hundreds of small ops."""
+  module = UNet1D(config)
+
+  def init(key: Array) -> Any:
+    x = jnp.zeros((1, seq_len, channels), jnp.float32)
+    z = jnp.zeros((1,), jnp.int32)
+    # The counter-based "rbg" generator compiles much faster than threefry for the many
+    # initialiser draws; it is seeded deterministically from `key`.
+    data = jax.random.key_data(key).reshape(-1)[:2]
+    rbg_key = jax.random.wrap_key_data(jnp.concatenate([data, data]), impl="rbg")
+    return module.init({"params": rbg_key}, x, z, z, train=False)["params"]
+
+  return jax.jit(init)
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalars in a parameter pytree."""
+  return int(sum(p.size for p in jax.tree_util.tree_leaves(params)))
+
+
+__all__: Sequence[str] = ("UNet1D", "UNetConfig", "make_denoiser", "init_params", "count_params",
+                          "timestep_embedding")
