@@ -14,6 +14,7 @@ import pytest
 
 from tardiff_jax.models.classifier import ClassifierConfig
 from tardiff_jax.models.classifier import make_classifier
+from tests.test_timesnet import random_params
 
 
 def _default_config():
@@ -26,9 +27,11 @@ def _default_config():
 
 def test_config_from_config_and_round_trip():
   cfg = _default_config()
+  cfg.classifier.model = "timesnet"  # the default model is the config owner's choice
   cc = ClassifierConfig.from_config(cfg.classifier, 2, 24, 7, periods=[8, 6, 4])
+  tn = cfg.classifier.timesnet
   assert (cc.model, cc.d_model, cc.d_ff, cc.e_layers, cc.top_k, cc.num_kernels) == (
-      "timesnet", 32, 64, 2, 3, 6)
+      "timesnet", tn.d_model, tn.d_ff, tn.e_layers, tn.top_k, tn.num_kernels)
   assert cc.periods == (8, 6, 4) and cc.num_outputs == 1
   back = ClassifierConfig.from_dict(json.loads(json.dumps(cc.to_dict())))
   assert back == cc
@@ -84,7 +87,7 @@ def test_losses_closed_form_and_vmap(tiny):
 def test_multiclass_cross_entropy():
   cfg = ClassifierConfig(model="gru", num_classes=3, T=6, C=2, gru_hidden=3)
   clf = make_classifier(cfg)
-  params = clf.init(jax.random.key(2), 6, 2)
+  params = random_params(clf.init, 2)
   x = jax.random.normal(jax.random.key(3), (4, 6, 2))
   y = jnp.array([0, 2, 1, 2], jnp.int32)
   logits = np.asarray(clf.logits_fn(params, x), np.float64)
@@ -99,7 +102,7 @@ def test_training_loss_uses_dropout():
   cfg = ClassifierConfig(model="timesnet", num_classes=2, T=12, C=2, periods=(6,), top_k=1,
                          d_model=4, d_ff=4, e_layers=1, num_kernels=1, dropout=0.5)
   clf = make_classifier(cfg)
-  params = clf.init(jax.random.key(4), 12, 2)
+  params = random_params(clf.init, 4)
   x = jax.random.normal(jax.random.key(5), (8, 12, 2))
   y = jnp.ones(8, jnp.int32)
   f = jax.jit(lambda k: clf.batch_loss_fn(params, x, y, rngs=k))

@@ -11,6 +11,7 @@ import pytest
 from tardiff_jax.models.classifier import ClassifierConfig
 from tardiff_jax.models.classifier import make_classifier
 from tests.test_timesnet import check_derivatives
+from tests.test_timesnet import random_params
 
 
 def _sig(a):
@@ -74,7 +75,7 @@ def test_batch_independence(binary):
 def test_multiclass_three_layers_long_series():
   cfg = ClassifierConfig(model="gru", num_classes=4, T=288, C=3, gru_hidden=4, gru_num_layers=3)
   clf = make_classifier(cfg)
-  params = clf.init(jax.random.key(3), 288, 3)
+  params = random_params(clf.init, 3)
   x = jax.random.normal(jax.random.key(4), (2, 288, 3))
   probs = jax.jit(clf.predict_proba)(params, x)
   assert probs.shape == (2, 4)
@@ -86,5 +87,4 @@ def test_multiclass_three_layers_long_series():
 def test_derivatives_match_finite_differences():
   cfg = ClassifierConfig(model="gru", num_classes=2, T=10, C=2, gru_hidden=4, gru_num_layers=2)
   clf = make_classifier(cfg)
-  check_derivatives(clf.loss_fn, clf.init(jax.random.key(5), 10, 2), (10, 2),
-                    jax.random.key(6))
+  check_derivatives(clf.loss_fn, random_params(clf.init, 5), (10, 2), 6)

@@ -1,5 +1,6 @@
 """TimesNet with fixed periods: shapes, batch independence, periods, exactness of the Inception
-shortcut and the DFT amplitudes, derivatives (grad, jvp, grad of jvp) against finite differences."""
+shortcut, of the dense time map against the grid convs and of the DFT amplitudes, derivatives
+(grad, jvp, grad of jvp) against finite differences."""
 
 from __future__ import annotations
 
@@ -12,32 +13,70 @@ from tardiff_jax.models.classifier import ClassifierConfig
 from tardiff_jax.models.classifier import make_classifier
 from tardiff_jax.models.timesnet import InceptionBlock
 from tardiff_jax.models.timesnet import TimesNet
+from tardiff_jax.models.timesnet import choose_impl
+from tardiff_jax.models.timesnet import conv_matrix_indices
 from tardiff_jax.models.timesnet import period_amplitudes
 from tardiff_jax.models.timesnet import timesnet_periods
 
 TINY = dict(d_model=4, d_ff=4, e_layers=1, top_k=2, num_kernels=2, dropout=0.1)
 
 
-def _tiny(t, c, periods, num_classes=2, **kw):
+def random_params(init, seed, scale=0.5):
+  """Random float32 params with the shapes of `init(key)` (no compile: jax.eval_shape). Model
+  inits compile one threefry RNG per parameter (seconds each on this CPU); tests that only need
+  some parameter values use these, and `tiny24` checks the real init."""
+  rng = np.random.RandomState(seed)
+  shapes = jax.eval_shape(init, jax.random.key(0))
+  return jax.tree.map(lambda a: (scale * rng.randn(*a.shape)).astype(np.float32), shapes)
+
+
+def _tiny(t, c, periods, num_classes=2, real_init=False, **kw):
   cfg = ClassifierConfig(model="timesnet", num_classes=num_classes, T=t, C=c, periods=periods,
                          **{**TINY, **kw})
   clf = make_classifier(cfg)
-  return clf, clf.init(jax.random.key(0), t, c)
+  if real_init:
+    return clf, clf.init(jax.random.key(0), t, c)
+  return clf, random_params(clf.init, 0)
 
 
-@pytest.mark.parametrize("t,periods", [(24, (8, 6)), (288, (24, 96))])
-def test_shapes_and_batch_independence(t, periods):
-  clf, params = _tiny(t, 3, periods, num_classes=3)
-  x = jax.random.normal(jax.random.key(1), (4, t, 3))
-  f = jax.jit(clf.logits_fn)
+@pytest.fixture(scope="module")
+def tiny24():
+  """Binary tiny TimesNet at T=24 (the "dense" TimesBlock) and its jitted logits (batch 4)."""
+  clf, params = _tiny(24, 3, (8, 6), real_init=True)
+  return clf, params, jax.jit(clf.logits_fn)
+
+
+def _check_batch_independence(f, params, x):
   logits = f(params, x)
-  assert logits.shape == (4, 3)
   assert np.all(np.isfinite(logits))
-  # A sample's logits do not depend on its batch mates.
+  # A sample's logits do not depend on its batch mates (one batch shape: one compile).
   other = f(params, jnp.concatenate([x[2:3], 10.0 * x[:2] + 3.0, x[3:]], axis=0))
   np.testing.assert_allclose(other[0], logits[2], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(other[3], logits[3], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(f(params, x[1:2])[0], logits[1], rtol=1e-5, atol=1e-5)
+  return logits
+
+
+def test_shapes_and_batch_independence_dense(tiny24):
+  clf, params, f = tiny24
+  assert choose_impl(24, (8, 6), 4, 4, 2) == "dense"
+  logits = _check_batch_independence(f, params, jax.random.normal(jax.random.key(1), (4, 24, 3)))
+  assert logits.shape == (4, 1)
+
+
+def test_long_series_conv_path_equals_dense():
+  """T=100, periods 12 and 33 (grids 9x12 and 4x33, both zero-padded): "auto" picks the grid
+  convs (the former implementation); batch independence, and the same logits as the dense map."""
+  assert choose_impl(100, (12, 33), 4, 4, 2) == "conv"
+  clf, params = _tiny(100, 3, (12, 33), num_classes=3)
+  x = jax.random.normal(jax.random.key(1), (4, 100, 3))
+  logits = _check_batch_independence(jax.jit(clf.logits_fn), params, x)
+  assert logits.shape == (4, 3)
+  dense = TimesNet(num_outputs=3, periods=(12, 33), impl="dense", d_model=4, d_ff=4, e_layers=1,
+                   num_kernels=2)
+  np.testing.assert_allclose(jax.jit(dense.apply)({"params": params}, x), logits, rtol=1e-4,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="impl"):
+    jax.eval_shape(TimesNet(num_outputs=3, periods=(12, 33), impl="fft").init, jax.random.key(9), x)
 
 
 def test_periods_recovered_from_known_signal():
@@ -70,17 +109,39 @@ def test_bad_periods_rejected():
 
 
 def test_inception_equals_mean_of_separate_convs():
-  x = jax.random.normal(jax.random.key(2), (2, 3, 8, 5))  # grid 3 x 8: kernel rows get cropped
-  block = InceptionBlock(out_channels=4, num_kernels=4)
-  params = jax.jit(block.init)(jax.random.key(3), x)["params"]
-  got = jax.jit(block.apply)({"params": params}, x)
-  outs = []
-  for i in range(4):
-    k = params[f"conv_{i}_kernel"]
-    y = jax.lax.conv_general_dilated(x, k, (1, 1), ((i, i), (i, i)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    outs.append(y + params[f"conv_{i}_bias"])
-  np.testing.assert_allclose(got, jnp.mean(jnp.stack(outs), axis=0), rtol=1e-5, atol=1e-5)
+  x = jax.random.normal(jax.random.key(2), (2, 1, 8, 5))  # grid 1 x 8: kernel rows get cropped
+  block = InceptionBlock(in_channels=5, out_channels=4, num_kernels=2)
+  params = random_params(lambda k: block.init(k, x)["params"], 3)
+
+  @jax.jit
+  def both(p, z):
+    outs = []
+    for i in range(2):
+      y = jax.lax.conv_general_dilated(z, p[f"conv_{i}_kernel"], (1, 1), ((i, i), (i, i)),
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      outs.append(y + p[f"conv_{i}_bias"])
+    return block.apply({"params": p}, z), jnp.mean(jnp.stack(outs), axis=0)
+
+  got, want = both(params, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_time_map_is_the_grid_conv():
+  """conv_matrix_indices against a direct loop over grid cells and kernel offsets (T=10, p=4:
+  grid 3x4 with two padded cells; kernel reach 1)."""
+  t, p, r = 10, 4, 1
+  fwd = conv_matrix_indices(t, (p,), r, transpose=False)  # [T, L]
+  back = conv_matrix_indices(t, (p,), r, transpose=True)  # [L, T]
+  assert fwd.shape == (10, 12) and back.shape == (12, 10)
+  zero = (2 * r + 1) ** 2
+  for u in range(12):  # input cell
+    for s in range(12):  # output cell
+      dy, dx = u // p - s // p, u % p - s % p
+      want = (dy + r) * (2 * r + 1) + dx + r if max(abs(dy), abs(dx)) <= r else zero
+      if u < t:
+        assert fwd[u, s] == want
+      if s < t:
+        assert back[u, s] == want
 
 
 def test_amplitudes_match_rfft():
@@ -92,15 +153,15 @@ def test_amplitudes_match_rfft():
   np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
-def test_mask_and_dropout():
-  clf, params = _tiny(24, 3, (8, 6))
-  x = jax.random.normal(jax.random.key(4), (2, 24, 3))
+def test_mask_and_dropout(tiny24):
+  clf, params, f = tiny24
+  x = jax.random.normal(jax.random.key(4), (4, 24, 3))
   apply = jax.jit(lambda m: clf.module.apply({"params": params}, x, mask=m))
-  full = clf.logits_fn(params, x)
-  ones = apply(jnp.ones((2, 24)))
+  full = f(params, x)
+  ones = apply(jnp.ones((4, 24)))
   np.testing.assert_allclose(full, ones, rtol=1e-6)
-  zero = apply(jnp.zeros((2, 24)))
-  np.testing.assert_allclose(zero, jnp.broadcast_to(params["projection"]["bias"], (2, 1)),
+  zero = apply(jnp.zeros((4, 24)))
+  np.testing.assert_allclose(zero, jnp.broadcast_to(params["projection"]["bias"], (4, 1)),
                              atol=1e-7)
   train = jax.jit(lambda k: clf.logits_fn(params, x, train=True, rngs=k))
   a, b = train(jax.random.key(5)), train(jax.random.key(6))
@@ -109,47 +170,47 @@ def test_mask_and_dropout():
     clf.logits_fn(params, x, train=True)
 
 
-def check_derivatives(loss_fn, params32, x_shape, key, h=1e-5, rtol=1e-5):
+def check_derivatives(loss_fn, params32, x_shape, seed, h=1e-5, rtol=1e-5):
   """float64: grad_x, grad_params, jvp along G and grad_x of the jvp (the influence input
-  gradient) of a per-example loss, all against central finite differences. One compile."""
+  gradient) of a per-example loss, all against central finite differences. One compile (the
+  probes are NumPy: no eager JAX ops)."""
+  rng = np.random.RandomState(seed)
   with jax.enable_x64(True):
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params32)
-    keys = jax.random.split(key, 3)
-    x = jax.random.normal(keys[0], x_shape, jnp.float64)
-    y = jnp.int32(1)
-    vx = jax.random.normal(keys[1], x_shape, jnp.float64)
-    leaves, tree = jax.tree.flatten(params)
-    ks = jax.random.split(keys[2], len(leaves))
-    g = jax.tree.unflatten(tree, [jax.random.normal(k, a.shape, a.dtype)
-                                  for k, a in zip(ks, leaves)])
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), params32)
+    x, vx = rng.randn(*x_shape), rng.randn(*x_shape)
+    g = jax.tree.map(lambda a: rng.randn(*a.shape), params)
+    y = np.int32(1)
 
     @jax.jit
-    def quantities(p, z):
+    def compiled(p, z):
       loss, (gp, gx) = jax.value_and_grad(loss_fn, argnums=(0, 1))(p, z, y)
       infl = lambda zz: jax.jvp(lambda q: loss_fn(q, zz, y), (p,), (g,))[1]
       jvp, gx_jvp = jax.value_and_grad(infl)(z)
       return loss, gp, gx, jvp, gx_jvp
 
+    quantities = lambda p, z: jax.tree.map(np.asarray, compiled(p, z))
+
     loss, gp, gx, jvp, gx_jvp = quantities(params, x)
     for a in jax.tree.leaves((gp, gx, gx_jvp)):
       assert np.all(np.isfinite(a))
     shift = lambda s: jax.tree.map(lambda a, b: a + s * b, params, g)
-    lp, _, _, _, _ = quantities(shift(h), x)
-    lm, _, _, _, _ = quantities(shift(-h), x)
+    lp = quantities(shift(h), x)[0]
+    lm = quantities(shift(-h), x)[0]
     fd_p = (lp - lm) / (2 * h)
-    ad_p = sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(g)))
+    ad_p = sum(np.vdot(a, b) for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(g)))
     np.testing.assert_allclose(ad_p, fd_p, rtol=rtol)  # grad w.r.t. params
     np.testing.assert_allclose(jvp, fd_p, rtol=rtol)  # jvp w.r.t. params
     lxp, _, _, jp, _ = quantities(params, x + h * vx)
     lxm, _, _, jm, _ = quantities(params, x - h * vx)
-    np.testing.assert_allclose(jnp.vdot(gx, vx), (lxp - lxm) / (2 * h), rtol=rtol)
-    np.testing.assert_allclose(jnp.vdot(gx_jvp, vx), (jp - jm) / (2 * h), rtol=rtol)
-    assert abs(float(jnp.vdot(gx_jvp, vx))) > 1e-8  # not a vacuous zero
+    np.testing.assert_allclose(np.vdot(gx, vx), (lxp - lxm) / (2 * h), rtol=rtol)
+    np.testing.assert_allclose(np.vdot(gx_jvp, vx), (jp - jm) / (2 * h), rtol=rtol)
+    assert abs(float(np.vdot(gx_jvp, vx))) > 1e-8  # not a vacuous zero
 
 
 def test_derivatives_match_finite_differences():
   clf, params = _tiny(12, 2, (6, 4), d_model=4, d_ff=4, num_kernels=3)
-  check_derivatives(clf.loss_fn, params, (12, 2), jax.random.key(7))
+  assert choose_impl(12, (6, 4), 4, 4, 3) == "dense"
+  check_derivatives(clf.loss_fn, params, (12, 2), 7)
 
 
 def test_default_size_on_paper_lengths():

@@ -19,6 +19,12 @@ vmappable and batch-independent. The branch weights stay per sample: the amplitu
 sequence at the frequencies of each period, computed with an explicit DFT at those frequencies as
 sqrt(re^2 + im^2 + eps) (finite second derivatives, needed by influence guidance).
 
+Speed (same maths): for short series (`choose_impl`, e.g. the default T=24) a TimesBlock's k
+period branches of both Inception convs are two dense maps over time gathered from the merged
+kernels, i.e. two matmuls, instead of XLA convolutions on tiny (cycles x phase) grids (those ran
+~10x slower; benchmarks/bench_timesnet_kernels.py). Long series keep the grid convs.
+Parameter names and init are unchanged.
+
 A period p collects every frequency f in 1..T//2 with T // f == p (the library's period of f);
 its amplitude is the mean over those frequencies (one frequency for the long periods, which is
 exactly the library's weight).
@@ -133,39 +139,82 @@ class InceptionBlock(nn.Module):
   """Inception_Block_V1: mean of `num_kernels` 'same' 2-D convs of sizes 1, 3, 5, ... (with bias).
 
   Convolution is linear, so the mean of the convs equals one conv with the mean of the kernels
-  zero-padded to the largest size; that kernel is further cropped to what the (cycles x phase)
-  grid can reach (rows/cols at offset >= grid size only ever see zero padding). Exact, and cheaper
-  than the library's separate convs. x: [B, H, W, Cin] -> [B, H, W, out_channels].
+  zero-padded to the largest size (`merged`). `__call__` applies that conv to a (cycles x phase)
+  grid with the kernel cropped to what the grid can reach (rows/cols at offset >= grid size only
+  ever see zero padding): exact, and cheaper than the library's separate convs. TimesBlock uses
+  `merged` directly (see `conv_matrix_indices`). x: [B, H, W, in_channels] -> [B, H, W, out].
   """
 
+  in_channels: int
   out_channels: int
   num_kernels: int
 
-  @nn.compact
-  def __call__(self, x: Float[Array, "B H W Cin"]) -> Float[Array, "B H W Cout"]:
-    _, h, w, cin = x.shape
-    n = self.num_kernels
-    big = 2 * n - 1
+  def setup(self):
     # Kaiming normal, fan_out, ReLU gain (the library's init), bias 0.
     init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    kernels, biases = [], []
+    for i in range(self.num_kernels):  # kernel_i, bias_i order: the same init as before
+      kernels.append(self.param(f"conv_{i}_kernel", init,
+                                (2 * i + 1, 2 * i + 1, self.in_channels, self.out_channels)))
+      biases.append(self.param(f"conv_{i}_bias", nn.initializers.zeros, (self.out_channels,)))
+    self.kernels, self.biases = kernels, biases
+
+  def merged(self) -> tuple[Array, Array]:
+    """The averaged kernel [2n-1, 2n-1, in, out] (each zero-padded to 2n-1) and bias [out]."""
+    n = self.num_kernels
     kernel = 0.0
-    bias = 0.0
-    for i in range(n):
-      k = self.param(f"conv_{i}_kernel", init, (2 * i + 1, 2 * i + 1, cin, self.out_channels))
-      b = self.param(f"conv_{i}_bias", nn.initializers.zeros, (self.out_channels,))
+    for i, k in enumerate(self.kernels):
       pad = n - 1 - i
       kernel = kernel + jnp.pad(k, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
-      bias = bias + b
-    kernel = kernel / n
-    bias = bias / n
-    # Crop to the reachable offsets: |dy| <= h - 1, |dx| <= w - 1.
-    ry, rx = min(n - 1, h - 1), min(n - 1, w - 1)
-    c = big // 2
-    kernel = kernel[c - ry:c + ry + 1, c - rx:c + rx + 1]
-    y = jax.lax.conv_general_dilated(
-        x, kernel.astype(x.dtype), window_strides=(1, 1), padding=((ry, ry), (rx, rx)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias.astype(x.dtype)
+    return kernel / n, sum(self.biases) / n
+
+  def __call__(self, x: Float[Array, "B H W Cin"]) -> Float[Array, "B H W Cout"]:
+    kernel, bias = self.merged()
+    return inception_grid(x, kernel, bias)
+
+
+def inception_grid(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K Cin Cout"],
+                   bias: Float[Array, "Cout"]) -> Float[Array, "B H W Cout"]:
+  """'Same' 2-D conv (XLA convolution) of a (cycles x phase) grid with a merged odd kernel,
+  cropped to the offsets the grid can reach."""
+  _, h, w, _ = x.shape
+  c = kernel.shape[0] // 2
+  ry, rx = min(c, h - 1), min(c, w - 1)
+  kernel = kernel[c - ry:c + ry + 1, c - rx:c + rx + 1].astype(x.dtype)
+  y = jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1), padding=((ry, ry), (rx, rx)),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y + bias.astype(x.dtype)
+
+
+def conv_matrix_indices(t: int, periods: Sequence[int], reach: int,
+                        transpose: bool) -> np.ndarray:
+  """Flat kernel indices that turn the grid convs of all periods into one dense time map.
+
+  For period p the sequence (zero-padded to L_p = ceil(T/p) * p) is the grid (L_p/p x p) with
+  step s at cell (s // p, s % p); a 'same' conv with a (2r+1)^2 kernel K (cross-correlation)
+  gives out[s] = sum_u K[r + u//p - s//p, r + u%p - s%p] in[u], zero outside the kernel.
+  transpose=False (first Inception): rows u = the T real input steps (padded steps are zero),
+  columns s = the L_p grid cells of each period, concatenated -> [T, sum L_p].
+  transpose=True (second Inception): rows u = the sum L_p grid cells, columns s = the T kept
+  output steps of the same period (the crop) -> [sum L_p, T]; cells of other periods' blocks
+  never mix (the row block of period p only feeds period p's outputs, see TimesBlock).
+  Entries index K.reshape(-1) of a kernel with one extra zero row appended (index (2r+1)^2).
+  """
+  size = 2 * reach + 1
+  blocks = []
+  for p in periods:
+    length = -(-t // p) * p
+    a = np.arange(t)[:, None]  # real steps
+    s = np.arange(length)[None, :]  # grid cells
+    if transpose:  # in = cell s, out = step a
+      dy, dx = s // p - a // p, s % p - a % p
+    else:  # in = step a, out = cell s
+      dy, dx = a // p - s // p, a % p - s % p
+    ok = (np.abs(dy) <= reach) & (np.abs(dx) <= reach)
+    blocks.append(np.where(ok, (dy + reach) * size + (dx + reach), size * size))
+  idx = np.concatenate(blocks, axis=1)  # [T, sum L]
+  return idx.T if transpose else idx
 
 
 class LayerNorm(nn.Module):
@@ -183,19 +232,75 @@ class LayerNorm(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
+def _dense_matrix(kernel: Array, idx: np.ndarray) -> Array:
+  """Gathers the dense map [rows, cols, Cin, Cout] of `conv_matrix_indices` from a merged kernel."""
+  k2 = kernel.reshape(-1, *kernel.shape[2:])
+  k2 = jnp.concatenate([k2, jnp.zeros((1, *k2.shape[1:]), k2.dtype)], axis=0)
+  return k2[jnp.asarray(idx)]
+
+
+def choose_impl(t: int, periods: Sequence[int], d_model: int, d_ff: int, num_kernels: int,
+                max_dense: int = 1 << 24, conv_cost: float = 3.0) -> str:
+  """"dense" when the dense time map's multiply-adds are at most `conv_cost` times those of the
+  cropped-kernel grid convs (XLA's CPU conv on these tiny grids ran ~3x slower per flop than the
+  matmul: benchmarks/bench_timesnet_kernels.py) and each of its two matrices
+  (T * sum L_p * d_model * d_ff floats) is at most `max_dense`; "conv" otherwise (long series,
+  e.g. T=288)."""
+  pairs, taps = 0, 0
+  for p in periods:
+    length = -(-t // p) * p
+    h = length // p
+    r = num_kernels - 1
+    pairs += t * length
+    taps += length * (2 * min(r, h - 1) + 1) * (2 * min(r, p - 1) + 1)
+  dense_ok = pairs * d_model * d_ff <= max_dense
+  return "dense" if dense_ok and pairs <= conv_cost * taps else "conv"
+
+
+IMPLS = ("auto", "dense", "conv")
+
+
 class TimesBlock(nn.Module):
-  """One TimesBlock with fixed periods. x: [B, T, D] -> [B, T, D]."""
+  """One TimesBlock with fixed periods. x: [B, T, D] -> [B, T, D].
+
+  impl "dense" (T small, the default's T=24): the k branches' two Inception convs are two dense
+  maps over time built from the merged kernels (`conv_matrix_indices`), so the block is two
+  matmuls [B, T*D] x [T*D, sum L_p * d_ff] and [B, sum L_p * d_ff] x [sum L_p * d_ff, T*D] with
+  the softmax branch weights applied in between (the second conv is linear, and the weights sum
+  to one, so the bias is added once). Identical maths to "conv", which folds each branch to its
+  grid and runs XLA convolutions (the former implementation; cheaper for long series).
+  """
 
   d_ff: int
   num_kernels: int
   periods: tuple[int, ...]
   amp_eps: float = AMP_EPS
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
     b, t, d = x.shape
-    inc1 = InceptionBlock(self.d_ff, self.num_kernels, name="inception_in")
-    inc2 = InceptionBlock(d, self.num_kernels, name="inception_out")
+    inc1 = InceptionBlock(d, self.d_ff, self.num_kernels, name="inception_in")
+    inc2 = InceptionBlock(self.d_ff, d, self.num_kernels, name="inception_out")
+    amp = jax.vmap(lambda h: period_amplitudes(h, self.periods, self.amp_eps))(x)  # [B, k]
+    weight = jax.nn.softmax(amp, axis=-1)
+    impl = self.impl
+    if impl not in IMPLS:
+      raise ValueError(f"TimesNet impl must be one of {IMPLS}, got {impl!r}.")
+    if impl == "auto":
+      impl = choose_impl(t, self.periods, d, self.d_ff, self.num_kernels)
+    if impl == "dense":
+      k1, b1 = inc1.merged()
+      k2, b2 = inc2.merged()
+      r = self.num_kernels - 1
+      w1 = _dense_matrix(k1.astype(x.dtype), conv_matrix_indices(t, self.periods, r, False))
+      w2 = _dense_matrix(k2.astype(x.dtype), conv_matrix_indices(t, self.periods, r, True))
+      h = jnp.einsum("bud,usdf->bsf", x, w1) + b1.astype(x.dtype)  # [B, sum L, d_ff]
+      h = nn.gelu(h, approximate=False)
+      lengths = [-(-t // p) * p for p in self.periods]
+      cell_branch = np.repeat(np.arange(len(self.periods)), lengths)  # [sum L]
+      h = h * weight[:, cell_branch, None]
+      return jnp.einsum("bsf,stfd->btd", h, w2) + b2.astype(x.dtype) + x
     branches = []
     for p in self.periods:
       length = -(-t // p) * p
@@ -206,8 +311,6 @@ class TimesBlock(nn.Module):
       out = inc2(nn.gelu(inc1(out), approximate=False))
       branches.append(out.reshape(b, length, d)[:, :t])
     res = jnp.stack(branches, axis=-1)  # [B, T, D, k]
-    amp = jax.vmap(lambda h: period_amplitudes(h, self.periods, self.amp_eps))(x)  # [B, k]
-    weight = jax.nn.softmax(amp, axis=-1)
     return jnp.einsum("btdk,bk->btd", res, weight) + x
 
 
@@ -226,6 +329,7 @@ class TimesNet(nn.Module):
   num_kernels: int = 6
   dropout: float = 0.1
   amp_eps: float = AMP_EPS
+  impl: str = "auto"  # TimesBlock maths path: "auto" (choose_impl), "dense" or "conv" (same).
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T C"], mask: Float[Array, "B T"] | None = None,
@@ -246,7 +350,7 @@ class TimesNet(nn.Module):
     norm = LayerNorm(epsilon=1e-5, name="layer_norm")  # shared by all blocks
     for i in range(self.e_layers):
       h = norm(TimesBlock(self.d_ff, self.num_kernels, tuple(self.periods), self.amp_eps,
-                          name=f"block_{i}")(h))
+                          self.impl, name=f"block_{i}")(h))
     h = nn.gelu(h, approximate=False)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     if mask is not None:
