@@ -1,5 +1,5 @@
 """The embedded ICU simulator (SPECS 2): shapes, units, prevalence, oracle, subtypes, determinism,
-speed. numpy only (no JAX)."""
+speed, data-limited learning curve. numpy + sklearn only (no JAX)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,20 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tardiff_jax.data import CHANNEL_NAMES, SUBTYPE_NAMES, simulate_icu
-from tardiff_jax.data.simulator import RANGES, auroc, average_precision
+from tardiff_jax.data.simulator import (
+  _P_BRADY_CARDIO,
+  _P_COLD_SEPSIS,
+  _SIG_SCALE_SD,
+  _SIGNATURES,
+  RANGES,
+  _stay_signatures,
+  auroc,
+  average_precision,
+)
 
 N = 20_000
 
@@ -137,6 +147,48 @@ def test_signatures_visible(sim):
   y = ds.y
   assert np.nanmean(late[y == 1, ch["HR"]]) > np.nanmean(late[y == 0, ch["HR"]]) + 5
   assert np.nanmean(late[y == 1, ch["MAP"]]) < np.nanmean(late[y == 0, ch["MAP"]]) - 3
+
+
+def test_stay_signatures():
+  """Per-stay signatures: log-normal channel scales; cold sepsis / bradycardic shock flip a sign."""
+  rng = np.random.default_rng(0)
+  subtype = rng.integers(0, 4, 40_000)
+  sig, flipped = _stay_signatures(rng, subtype)
+  assert sig.shape == (40_000, 6) and sig.dtype == np.float32
+  assert abs(flipped[subtype == 0].mean() - _P_COLD_SEPSIS) < 0.02
+  assert abs(flipped[subtype == 2].mean() - _P_BRADY_CARDIO) < 0.02
+  assert not flipped[(subtype == 1) | (subtype == 3)].any()
+  ratio = sig / _SIGNATURES[subtype]
+  sign = np.ones_like(ratio)
+  sign[(subtype == 0) & flipped, 4] = -1.0  # Temperature falls in hypothermic sepsis.
+  sign[(subtype == 2) & flipped, 0] = -1.0  # Heart rate falls in bradycardic shock.
+  assert (np.sign(ratio) == sign).all()
+  log_scale = np.log(np.abs(ratio))
+  assert np.abs(log_scale.mean()) < 0.01 and abs(log_scale.std() - _SIG_SCALE_SD) < 0.01
+
+
+def test_data_limited(sim):
+  """A simple classifier keeps improving from 250 to 4,000 training stays (not learnt from ~20
+  positives), and stays below the oracle."""
+  x, y = sim.dataset.x, sim.dataset.y
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    f = np.concatenate([np.nanmean(x, 1), np.nanmean(x[:, :6], 1), np.nanmean(x[:, -6:], 1),
+                        np.nanstd(x, 1)], axis=1)
+  f = np.where(np.isnan(f), np.nanmean(f, 0), f)
+  f = (f - f.mean(0)) / f.std(0)
+  te = np.arange(N - 4000, N)
+
+  def fit(idx):
+    clf = LogisticRegression(C=0.1, max_iter=1000).fit(f[idx], y[idx])
+    p = clf.predict_proba(f[te])[:, 1]
+    return auroc(y[te], p), average_precision(y[te], p)
+
+  small = np.mean([fit(np.arange(k * 250, (k + 1) * 250)) for k in range(4)], axis=0)
+  large = fit(np.arange(4000))
+  oracle_auprc = average_precision(y[te], sim.latent_risk[te])
+  assert large[1] - small[1] > 0.045, (small, large)
+  assert large[1] < oracle_auprc - 0.05 and large[0] > 0.75, (large, oracle_auprc)
 
 
 def test_determinism():

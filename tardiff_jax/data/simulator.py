@@ -3,11 +3,14 @@
 Each stay is `T` hourly steps of 7 vitals in clinical units (HR bpm, SBP/DBP/MAP mmHg, RR /min,
 temperature deg C, SpO2 %). Per stay: an age-like covariate and a frailty score shift the
 baselines; vitals follow mean-reverting (Ornstein-Uhlenbeck) hourly dynamics with correlated
-innovations (blood pressures co-move), a circadian term, deterioration events of four subtypes
-with distinct signatures, measurement noise, physiological clipping and MIMIC-like missingness.
-Mortality is Bernoulli(sigmoid(a + b * f)) where f combines frailty with the persistent
-deterioration severity at the end of the window; `a` is solved so the mean risk equals the
-target prevalence. See docs/simulator.md for the equations in words.
+innovations (blood pressures co-move), a circadian term, non-lethal chronic conditions that
+shift baselines like an acute signature would, deterioration events of four subtypes with
+distinct signatures (scaled per stay, with rarer and deadlier variants whose signs flip),
+measurement noise, physiological clipping and MIMIC-like missingness. Mortality is
+Bernoulli(sigmoid(a + b * f)) where f combines frailty with the variant-specific lethality times
+the persistent deterioration severity at the end of the window; `a` is solved so the mean risk
+equals the target prevalence. The parameters make the task data-limited for a downstream
+classifier (docs/simulator.md has the equations in words and the learning curves).
 """
 
 from __future__ import annotations
@@ -47,15 +50,34 @@ _CIRC_AMP = np.array([4.0, 6.0, 3.0, 1.0, 0.3, 0.3])  # Circadian amplitude.
 _CIRC_PEAK = np.array([16.0, 14.0, 14.0, 15.0, 18.0, 4.0])  # Clock hour of the maximum.
 _NOISE_SD = np.array([2.0, 4.0, 3.0, 1.2, 0.1, 0.6])  # Measurement noise.
 _MAP_NOISE_SD = 2.0
-# Change of each base channel per unit of event severity, per subtype.
+# Change of each base channel per unit of event severity, per subtype (the mean signature; each
+# stay scales every channel by its own log-normal factor, and some channels flip, see below).
 _SIGNATURES = np.array([
-    [22.0, -16.0, -11.0, 6.0, 1.4, -2.0],  # septic: HR up, pressures down, temp up, RR up.
-    [10.0, 4.0, 2.0, 9.0, 0.3, -7.0],  # respiratory: SpO2 down, RR up.
-    [4.0, -24.0, -12.0, 4.0, -0.3, -3.0],  # cardiogenic: MAP down, HR erratic (see below).
-    [28.0, -30.0, -20.0, 5.0, -0.5, -1.0],  # haemorrhagic: HR up, all pressures down.
+    [15.0, -10.0, -7.0, 4.0, 1.0, -1.4],  # septic: HR up, pressures down, temp up (or down), RR up.
+    [8.0, 10.0, 6.0, 6.0, 0.2, -4.5],  # respiratory: SpO2 down, RR up, sympathetic BP surge.
+    [7.0, -16.0, -8.0, 3.0, -0.2, -1.7],  # cardiogenic: MAP down, HR erratic, up or down.
+    [19.0, -20.0, -14.0, 3.5, -0.5, -0.6],  # haemorrhagic: HR up, all pressures down.
 ])
-_CARDIO_HR_JITTER = 10.0  # Extra HR noise SD per unit severity (cardiogenic arrhythmia).
-_LETHALITY = np.array([1.0, 0.9, 1.15, 1.3])  # Risk weight of each subtype's severity.
+_SIG_SCALE_SD = 0.35  # SD of the per-stay, per-channel log-scale of a signature.
+_P_COLD_SEPSIS = 0.3  # Septic stays whose temperature falls (hypothermic sepsis, more lethal).
+_P_BRADY_CARDIO = 0.4  # Cardiogenic stays whose heart rate falls (brady-arrhythmia, more lethal).
+_CARDIO_HR_JITTER = 8.0  # Extra HR noise SD per unit severity (cardiogenic arrhythmia).
+# Risk weight of each subtype's severity (warm septic, respiratory, tachy cardiogenic,
+# haemorrhagic); hypothermic sepsis and bradycardic cardiogenic shock use _LETHALITY_FLIPPED.
+_LETHALITY = np.array([0.8, 0.9, 1.0, 1.5])
+_LETHALITY_FLIPPED = np.array([1.6, 0.9, 1.5, 1.5])
+# Chronic, stable conditions: non-lethal baseline shifts that mimic the acute signatures' levels
+# (COPD, chronic hypertension, beta-blockade / chronic hypotension, tachycardia from pain or
+# atrial fibrillation, a fever that is being treated). Present from admission, constant.
+_CHRONIC_RATE = 0.35  # Fraction of stays with a chronic condition.
+_CHRONIC_PROBS = (0.25, 0.2, 0.2, 0.2, 0.15)  # Probability of each condition (rows below).
+_CHRONIC_SIG = np.array([
+    [4.0, 0.0, 0.0, 3.5, 0.0, -3.5],  # COPD / chronic hypoxaemia.
+    [0.0, 20.0, 9.0, 0.0, 0.0, 0.0],  # chronic hypertension.
+    [-9.0, -13.0, -7.0, 0.0, 0.0, 0.0],  # beta-blockade / chronic hypotension.
+    [16.0, 0.0, 0.0, 2.0, 0.0, 0.0],  # tachycardia (pain, atrial fibrillation).
+    [9.0, -5.0, -3.0, 2.0, 0.8, 0.0],  # treated infection (fever, mild vasodilation).
+])
 # Latent mortality score f = _W_FRAIL * frailty + _W_EVENT * lethality * severity at the end
 # (+ _W_TRANSIENT * unresolved transient severity); risk = sigmoid(a + _B * f).
 _W_FRAIL, _W_EVENT, _W_TRANSIENT, _B = 0.25, 1.0, 0.3, 2.45
@@ -138,6 +160,11 @@ def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: fl
   zb = rng.standard_normal((n, 6))
   zb[:, 2] = 0.6 * zb[:, 1] + 0.8 * zb[:, 2]  # Baseline SBP and DBP correlate.
   base = (_POP_MEAN + _POP_SD * zb + _AGE_SHIFT * za[:, None] + _FRAIL_SHIFT * frailty[:, None])
+  # Chronic, stable conditions shift the baseline like an acute signature would (not lethal).
+  has_chr = rng.uniform(size=n) < _CHRONIC_RATE
+  chr_type = rng.choice(len(_CHRONIC_PROBS), size=n, p=_CHRONIC_PROBS)
+  chr_mag = rng.uniform(0.5, 1.5, n)
+  base = base + (has_chr * chr_mag)[:, None] * _CHRONIC_SIG[chr_type]
 
   # OU deviations with correlated innovations, started from the stationary law.
   chol = np.linalg.cholesky(_OU_CORR)
@@ -160,13 +187,13 @@ def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: fl
   p_det = np.clip(event_rate * _sigmoid(-2.1 + 0.9 * frailty), 0.0, 1.0)
   has_det = rng.uniform(size=n) < p_det
   det_type = rng.choice(4, size=n, p=SUBTYPE_PROBS)
-  det_onset = rng.uniform(-8.0, T - 2.0, n)
+  det_onset = rng.uniform(-3.0, T - 2.0, n)
   det_width = rng.uniform(1.5, 4.0, n)
   det_mag = 0.35 + rng.gamma(2.0, 0.35, n)
   g_det = has_det[:, None] * det_mag[:, None] * _sigmoid((t - det_onset[:, None])
                                                         / det_width[:, None])
   # Transient events that resolve (mostly in survivors).
-  p_tr = np.clip(event_rate * _sigmoid(-1.7 + 0.3 * frailty), 0.0, 1.0)
+  p_tr = np.clip(event_rate * _sigmoid(-1.4 + 0.3 * frailty), 0.0, 1.0)
   has_tr = rng.uniform(size=n) < p_tr
   tr_type = rng.choice(4, size=n, p=SUBTYPE_PROBS)
   tr_onset = rng.uniform(-4.0, T - 4.0, n)
@@ -177,9 +204,9 @@ def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: fl
           * _sigmoid((t - tr_onset[:, None]) / tr_width[:, None])
           * _sigmoid((tr_onset[:, None] + tr_dur[:, None] - t) / tr_width[:, None]))
   g_det, g_tr = g_det.astype(f32), g_tr.astype(f32)
-  sig = _SIGNATURES.astype(f32)
-  effect = (g_det[..., None] * sig[det_type][:, None, :]
-            + g_tr[..., None] * sig[tr_type][:, None, :])
+  sig_det, flip_det = _stay_signatures(rng, det_type)
+  sig_tr, flip_tr = _stay_signatures(rng, tr_type)
+  effect = g_det[..., None] * sig_det[:, None, :] + g_tr[..., None] * sig_tr[:, None, :]
   cardio = g_det * (det_type == 2)[:, None] + g_tr * (tr_type == 2)[:, None]
 
   # Observed vitals: baseline + OU + circadian + events + measurement noise.
@@ -196,8 +223,9 @@ def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: fl
   x = np.clip(x, lo, hi)
 
   # Outcomes.
-  sev_end = g_det[:, -1] * _LETHALITY[det_type]
-  f = _W_FRAIL * frailty + _W_EVENT * sev_end + _W_TRANSIENT * g_tr[:, -1] * _LETHALITY[tr_type]
+  leth_det = np.where(flip_det, _LETHALITY_FLIPPED[det_type], _LETHALITY[det_type])
+  leth_tr = np.where(flip_tr, _LETHALITY_FLIPPED[tr_type], _LETHALITY[tr_type])
+  f = _W_FRAIL * frailty + _W_EVENT * leth_det * g_det[:, -1] + _W_TRANSIENT * leth_tr * g_tr[:, -1]
   risk = _sigmoid(_solve_intercept(_B * f, prevalence) + _B * f)
   died = (rng.uniform(size=n) < risk).astype(np.int32)
   f_long = (0.5 * frailty + 1.0 * g_tr.max(1) + 0.8 * g_det.max(1)
@@ -226,6 +254,23 @@ def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: fl
       severity=(g_det + g_tr).astype(np.float32), age=age.astype(np.float32),
       oracle_auroc=auroc(died, risk), oracle_auprc=average_precision(died, risk),
       options=options)
+
+
+def _stay_signatures(rng: np.random.Generator, subtype: np.ndarray):
+  """float32[N, 6] per-stay signatures of `subtype` and bool[N] `flipped` (cold sepsis / brady).
+
+  Each channel of the mean signature is scaled by exp(_SIG_SCALE_SD * N(0, 1)); hypothermic
+  sepsis flips the temperature change and bradycardic cardiogenic shock the heart-rate change.
+  """
+  n = subtype.shape[0]
+  scale = np.exp(_SIG_SCALE_SD * rng.standard_normal((n, 6)))
+  u = rng.uniform(size=n)
+  flipped = (((subtype == 0) & (u < _P_COLD_SEPSIS))
+             | ((subtype == 2) & (u < _P_BRADY_CARDIO)))
+  sig = _SIGNATURES[subtype] * scale
+  sig[:, 4] = np.where(flipped & (subtype == 0), -sig[:, 4], sig[:, 4])
+  sig[:, 0] = np.where(flipped & (subtype == 2), -sig[:, 0], sig[:, 0])
+  return sig.astype(np.float32), flipped
 
 
 def _sigmoid(z):
