@@ -11,7 +11,6 @@ average is recorded with the results: on a shared CPU the numbers scale with it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tardiff_jax import io as tio
+from tardiff_jax.config_file import load_config
 from tardiff_jax.data import simulate_icu
 from tardiff_jax.data.normalizers import make_normalizer, normalize_dataset
 from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
@@ -29,13 +29,6 @@ from tardiff_jax.models.timesnet import timesnet_periods
 from tardiff_jax.training import classifier_trainer as ct
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str = "default"):
-  spec = importlib.util.spec_from_file_location("_cfg", os.path.join(ROOT, "configs", name + ".py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -108,7 +101,7 @@ def main():
   ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
                                                 "bench_classifiers.json"))
   args = ap.parse_args()
-  cfg = load_config()
+  cfg = load_config("default")
   sim = simulate_icu(args.n, seed=0)
   ds = normalize_dataset(sim.dataset, make_normalizer("zscore").fit(sim.dataset))
   x, y = ds.x.astype(np.float32), ds.y.astype(np.int32)

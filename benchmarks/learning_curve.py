@@ -17,7 +17,6 @@ a stopped run keeps what it finished).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import time
@@ -27,6 +26,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from tardiff_jax import io as tio
+from tardiff_jax.config_file import load_config
 from tardiff_jax.data import simulate_icu, stratified_split_indices
 from tardiff_jax.data.normalizers import make_normalizer, normalize_dataset
 from tardiff_jax.evaluation.downstream import evaluate_fresh
@@ -35,13 +35,6 @@ from tardiff_jax.models.timesnet import timesnet_periods
 from tardiff_jax.training.classifier_trainer import TrainClassifierConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def load_config(name: str = "default"):
-  spec = importlib.util.spec_from_file_location("_cfg", os.path.join(ROOT, "configs", name + ".py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def nested_subset(y_pool: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -91,7 +84,7 @@ def main():
   args = ap.parse_args()
   sizes = [int(s) for s in args.sizes.split(",") if s]
   gru_sizes = [int(s) for s in args.gru_sizes.split(",") if s]
-  cfg = load_config()
+  cfg = load_config("default")
   tcfg = TrainClassifierConfig.from_config(cfg.train_classifier)
   if args.max_epochs:
     tcfg = TrainClassifierConfig(**{**tcfg.to_dict(), "max_epochs": args.max_epochs})

@@ -16,6 +16,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   del variant
   c = default.get_config()
   c.data.num_stays = 400  # Enough for a stratified split with a few positives per split.
+  c.data.val_fraction = 0.1  # 80/10/10 split.
+  c.data.test_fraction = 0.1  # 80/10/10 split.
   c.unet.base_channels = 8  # Smallest U-Net that still has every block type.
   c.unet.channel_mult = (1, 2)  # Two levels.
   c.unet.num_res_blocks = 1  # One residual block per level.
@@ -41,4 +43,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.sampling.batch_size = 64  # Small sampler batches.
   c.evaluation.num_seeds = 2  # Two seeds.
   c.evaluation.alphas = (0.2, 1.0)  # Two ratios.
+  c.evaluation.downstream = "gru"  # The fresh models compile much faster than TimesNet.
+  c.evaluation.fidelity_repeats = 2  # Two discriminative-score repeats.
+  c.evaluation.fidelity_steps = 40  # A few GRU steps: checks plumbing.
   return c

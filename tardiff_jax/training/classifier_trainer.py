@@ -122,8 +122,12 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   fns = _make_fns(classifier, config.learning_rate, t, c)
   keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
   state = fns["init"](keys)
-  best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # The epoch fn donates state.
-  x_dev, y_dev, w_dev = jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(weights)
+  best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # The chunk fn donates state.
+  # An epoch runs as ceil(steps / CHUNK) calls of one compiled chunk of CHUNK minibatches that
+  # are gathered here on the host, so the compiled shapes never depend on N: every training of
+  # a setting (TSTR, each TSRTR ratio, each method) reuses one executable. Padding steps carry
+  # no valid example and leave the state untouched.
+  num_chunks = -(-steps // CHUNK)
 
   eval_b = min(int(config.eval_batch_size), x_val.shape[0])
   x_val_chunks, n_val = _chunks(x_val, eval_b)
@@ -138,10 +142,18 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   t0 = time.perf_counter()
   epochs_run = 0
   for epoch in range(1, config.max_epochs + 1):
-    idx = np.stack([_epoch_indices(s, epoch, n, batch, steps) for s in seeds])  # [S, steps, B]
-    valid = (np.arange(steps * batch) < n).reshape(steps, batch).astype(np.float32)
-    state, losses = fns["epoch"](state, jnp.asarray(active), x_dev, y_dev, w_dev,
-                                 jnp.asarray(idx), jnp.asarray(valid))
+    idx = np.stack([_epoch_indices(s, epoch, n, batch, num_chunks * CHUNK) for s in seeds])
+    valid = (np.arange(num_chunks * CHUNK * batch) < n).reshape(-1, batch).astype(np.float32)
+    losses = []
+    active_dev = jnp.asarray(active)
+    for k in range(num_chunks):
+      sl = slice(k * CHUNK, (k + 1) * CHUNK)
+      ib = idx[:, sl]  # [S, CHUNK, B]
+      state, loss_k = fns["epoch"](state, active_dev, jnp.asarray(x_train[ib]),
+                                   jnp.asarray(y_train[ib]),
+                                   jnp.asarray(weights[ib] * valid[sl][None]))
+      losses.append(np.asarray(loss_k)[:, : max(0, min(CHUNK, steps - k * CHUNK))])
+    losses = np.concatenate(losses, axis=1)
     probs = np.concatenate(
         [np.asarray(fns["proba"](state["params"], xc)) for xc in x_val_chunks], axis=1)[:, :n_val]
     losses = np.asarray(losses).mean(axis=1)
@@ -180,6 +192,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   return best_params, hist
 
 
+CHUNK = 8  # Minibatches per compiled call (fixed, so compiled shapes never depend on N).
 _FN_CACHE: dict[Any, dict[str, Any]] = {}
 
 
@@ -215,21 +228,22 @@ def _build_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, An
     per = per_example_loss(logits, yb)
     return jnp.sum(wb * per) / jnp.maximum(jnp.sum(wb), 1e-12)
 
-  def step_one(state, active, x_all, y_all, w_all, idx, valid):
-    xb, yb, wb = x_all[idx], y_all[idx], w_all[idx] * valid
+  def step_one(state, active, xb, yb, wb):
     key = jax.random.fold_in(state["rng"], state["step"])
     value, grads = jax.value_and_grad(loss)(state["params"], xb, yb, wb, key)
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes float ** int.
       updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     new = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
            "opt_state": opt_state, "rng": state["rng"]}
-    new = jax.tree_util.tree_map(lambda a, b: jnp.where(active, a, b), new, state)
+    live = active & (jnp.sum(wb) > 0)  # Stopped seeds and padding steps change nothing.
+    new = jax.tree_util.tree_map(lambda a, b: jnp.where(live, a, b), new, state)
     return new, value
 
-  def epoch_one(state, active, x_all, y_all, w_all, idx, valid):
+  def epoch_one(state, active, xs, ys, ws):
+    """CHUNK minibatches: xs [CHUNK, B, T, C], ys / ws [CHUNK, B]."""
     def body(st, inp):
-      return step_one(st, active, x_all, y_all, w_all, *inp)
-    return jax.lax.scan(body, state, (idx, valid))
+      return step_one(st, active, *inp)
+    return jax.lax.scan(body, state, (xs, ys, ws))
 
   def keep(mask, new, old):
     return jax.tree_util.tree_map(
@@ -237,8 +251,7 @@ def _build_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, An
 
   return {
       "init": jax.jit(jax.vmap(init_one)),
-      "epoch": jax.jit(jax.vmap(epoch_one, in_axes=(0, 0, None, None, None, 0, None)),
-                       donate_argnums=(0,)),
+      "epoch": jax.jit(jax.vmap(epoch_one), donate_argnums=(0,)),
       "proba": _proba_fn(classifier, True),
       "keep": jax.jit(keep),
   }
@@ -274,7 +287,7 @@ def _epoch_indices(seed: int, epoch: int, n: int, batch: int, steps: int) -> np.
   perm = np.random.default_rng([seed, epoch]).permutation(n)
   pad = steps * batch - n
   if pad:
-    perm = np.concatenate([perm, perm[:pad]])  # Padded slots carry weight 0.
+    perm = np.concatenate([perm, np.resize(perm, pad)])  # Padded slots carry weight 0.
   return perm.reshape(steps, batch).astype(np.int32)
 
 

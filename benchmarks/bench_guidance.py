@@ -1,0 +1,178 @@
+"""Benchmark of influence guidance (issue 5 item 5): cache build, influence gradients, guided DDIM.
+
+Measures, in one run on the current backend:
+  * the float32 matmul peak (FLOP/s) for reference,
+  * the guidance-cache build time for N guidance samples (first call incl. compile, then warm),
+  * DDIM sampling at batch B: unguided vs each guidance variant, samples/s, overhead ratio
+    guided/unguided, and achieved FLOP/s from XLA's cost analysis of the compiled sampler.
+
+  python benchmarks/bench_guidance.py --config=default            # default U-Net + TimesNet
+  python benchmarks/bench_guidance.py --config=paper              # paper U-Net + GRU(256)
+  python benchmarks/bench_guidance.py --batch=32 --steps=5 --tag=quick   # a short CPU check
+
+Writes benchmarks/results/bench_guidance_<tag>.{json,md}. Models are randomly initialised (speed
+does not depend on training); data are random normal with an 8% positive rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tardiff_jax import io as tio
+from tardiff_jax.diffusion.schedules import make_schedule
+from tardiff_jax.influence import build_guidance_cache, make_gparams, make_influence_guidance
+from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
+from tardiff_jax.models.timesnet import timesnet_periods
+from tardiff_jax.models.unet1d import UNetConfig, init_params, make_denoiser
+from tardiff_jax.sampling.sampler import SamplerConfig, make_sampler
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_config(name: str):
+  path = os.path.join(HERE, "..", "configs", "default.py")
+  spec = importlib.util.spec_from_file_location("_bench_cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config("paper" if name == "paper" else None)
+
+
+def _time(fn, *args, repeats: int = 2):
+  """(first-call seconds incl. compile, best warm seconds)."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn(*args))
+  first = time.perf_counter() - t0
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - t0)
+  return first, best
+
+
+def matmul_peak(n: int = 2048) -> float:
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  _, best = _time(f, a, repeats=3)
+  return 2.0 * n ** 3 / best
+
+
+def _flops_of(compiled) -> float | None:
+  """FLOPs of a compiled executable from XLA's cost analysis (None if unavailable)."""
+  try:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost["flops"])
+  except Exception:  # Cost analysis is best effort (backend dependent).
+    return None
+
+
+def main(argv=None) -> dict:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--config", default="default", choices=("default", "paper"))
+  ap.add_argument("--batch", type=int, default=256)
+  ap.add_argument("--steps", type=int, default=20)
+  ap.add_argument("--cache_n", type=int, default=2000)
+  ap.add_argument("--variants", default="dot,cosine,batch,classifier")
+  ap.add_argument("--classifier", default="", choices=("", "timesnet", "gru"),
+                  help="Override the config's guidance classifier (TimesNet is slow on a CPU).")
+  ap.add_argument("--tag", default="")
+  args = ap.parse_args(argv)
+  cfg = _load_config(args.config)
+  if args.classifier:
+    cfg.classifier.model = args.classifier
+  T, C, K = 24, 7, 2
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(args.cache_n, T, C)).astype(np.float32)
+  y = (rng.random(args.cache_n) < 0.08).astype(np.int32)
+  periods = timesnet_periods(x, cfg.classifier.timesnet.top_k)
+  ccfg = ClassifierConfig.from_config(cfg.classifier, K, T, C, periods=periods)
+  clf = make_classifier(ccfg)
+  cparams = clf.init(jax.random.PRNGKey(1))
+  ucfg = UNetConfig.from_config(cfg.unet, K)
+  _, apply_fn = make_denoiser(ucfg)
+  uparams = init_params(ucfg, jax.random.PRNGKey(2), T, C)
+  schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps,
+                           cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+  res = {"config": args.config, "classifier": ccfg.model, "backend": jax.default_backend(),
+         "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+         "platform": platform.platform(), "batch": args.batch, "steps": args.steps,
+         "cache_n": args.cache_n}
+  res["matmul_flops_per_s"] = matmul_peak()
+  print(f"matmul peak {res['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
+
+  bs = int(cfg.guidance.cache_batch_size)
+  t0 = time.perf_counter()
+  cache = build_guidance_cache(clf.loss_fn, cparams, x, y, batch_size=bs)
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  cache = build_guidance_cache(clf.loss_fn, cparams, x, y, batch_size=bs)
+  warm = time.perf_counter() - t0
+  res["cache"] = {"n": args.cache_n, "batch_size": bs, "first_s": first, "warm_s": warm}
+  print(f"cache {args.cache_n}: first {first:.2f}s warm {warm:.2f}s", flush=True)
+
+  sconfig = SamplerConfig("ddim", args.steps, eta=1.0)
+  ys = jnp.asarray(np.arange(args.batch) % K, jnp.int32)
+  shape = (args.batch, T, C)
+  key = jax.random.PRNGKey(3)
+  rows = []
+  base = None
+  for variant in ["unguided"] + [v for v in args.variants.split(",") if v]:
+    fn = None if variant == "unguided" else make_influence_guidance(clf.loss_fn, variant)
+    sample = jax.jit(make_sampler(apply_fn, schedule, sconfig, K, guidance_fn=fn),
+                     static_argnames="shape")
+    gp = None if fn is None else make_gparams(cparams, cache.G, 1.0)
+    t0 = time.perf_counter()
+    compiled = sample.lower(uparams, gp, key, ys, shape=shape).compile()  # Compile once (AOT).
+    compile_s = time.perf_counter() - t0
+    first, best = _time(lambda: compiled(uparams, gp, key, ys), repeats=1)
+    first += compile_s
+    flops = _flops_of(compiled)
+    row = {"variant": variant, "first_s": first, "warm_s": best,
+           "ms_per_sample": 1e3 * best / args.batch, "samples_per_s": args.batch / best,
+           "flops": flops, "achieved_flops_per_s": None if flops is None else flops / best}
+    if variant == "unguided":
+      base = best
+    row["overhead_vs_unguided"] = best / base
+    rows.append(row)
+    print(f"{variant:>10}: {row['ms_per_sample']:.2f} ms/sample, overhead {best / base:.2f}x, "
+          f"first {first:.1f}s", flush=True)
+  res["sampling"] = rows
+  tag = args.tag or f"{args.config}_{ccfg.model}_{jax.default_backend()}"
+  out = os.path.join(HERE, "results", f"bench_guidance_{tag}")
+  tio.write_json(out + ".json", res)
+  peak = res["matmul_flops_per_s"]
+  lines = [f"# bench_guidance ({tag})", "",
+           f"config `{args.config}` (classifier {ccfg.model}), backend {res['backend']}, "
+           f"{res['cpu_count']} CPUs; DDIM-{args.steps}, batch {args.batch}; matmul peak "
+           f"{peak / 1e9:.1f} GFLOP/s.", "",
+           f"Cache for {args.cache_n} guidance samples (batch {bs}): first call "
+           f"{res['cache']['first_s']:.2f} s (incl. compile), warm {res['cache']['warm_s']:.2f} s.",
+           "", "| variant | ms/sample | samples/s | overhead | GFLOP/sample | % of matmul peak |",
+           "|---|---|---|---|---|---|"]
+  for r in rows:
+    gf = "n/a" if r["flops"] is None else f"{r['flops'] / args.batch / 1e9:.2f}"
+    pct = "n/a" if r["achieved_flops_per_s"] is None else \
+        f"{100 * r['achieved_flops_per_s'] / peak:.0f}%"
+    lines.append(f"| {r['variant']} | {r['ms_per_sample']:.2f} | {r['samples_per_s']:.1f} | "
+                 f"{r['overhead_vs_unguided']:.2f}x | {gf} | {pct} |")
+  lines += ["", "FLOPs come from XLA's cost analysis of the compiled sampler; XLA may count a "
+            "while-loop (scan) body once rather than once per step, so treat GFLOP/sample and "
+            "% of peak as lower bounds unless checked against a hand count."]
+  tio.write_text(out + ".md", "\n".join(lines) + "\n")
+  print("wrote", out + ".{json,md}")
+  return res
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,83 @@
+"""Issue 6 acceptance: a killed-then-restarted pipeline ends with the same report.
+
+  python benchmarks/kill_restart.py [--config tiny] [--kill-after 60,150] [--out DIR]
+
+Runs the pipeline once uninterrupted (workdir A), then in workdir B starts it, SIGKILLs it after
+each `--kill-after` delay (seconds since that start), and finally lets it finish. Compares
+report.json of A and B (everything but `timing` and the evaluation seconds) and writes
+benchmarks/results/kill_restart.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from tardiff_jax import io as tio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cmd(config: str, workdir: str) -> list[str]:
+  return [sys.executable, "-m", "tardiff_jax.main", f"--config={ROOT}/configs/{config}.py",
+          f"--workdir={workdir}"]
+
+
+def _strip(obj):
+  """The report without wall-clock fields."""
+  if isinstance(obj, dict):
+    return {k: _strip(v) for k, v in obj.items()
+            if k not in ("timing", "seconds", "train_time_s", "time_s", "build_seconds")}
+  if isinstance(obj, list):
+    return [_strip(v) for v in obj]
+  return obj
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--config", default="tiny")
+  ap.add_argument("--kill-after", default="60,150")
+  ap.add_argument("--out", default="/tmp/tardiff_kill_restart")
+  args = ap.parse_args()
+  a, b = os.path.join(args.out, "A"), os.path.join(args.out, "B")
+  shutil.rmtree(args.out, ignore_errors=True)
+  env = dict(os.environ, TARDIFF_QUIET="1")
+  t0 = time.perf_counter()
+  subprocess.run(_cmd(args.config, a), check=True, env=env, cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  t_a = time.perf_counter() - t0
+  kills = []
+  for delay in (float(d) for d in args.kill_after.split(",") if d):
+    p = subprocess.Popen(_cmd(args.config, b), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+      p.wait(timeout=delay)
+      kills.append({"after_s": delay, "killed": False})
+    except subprocess.TimeoutExpired:
+      p.send_signal(signal.SIGKILL)
+      p.wait()
+      done = sorted(os.listdir(os.path.join(b, "stages"))) if os.path.isdir(
+          os.path.join(b, "stages")) else []
+      kills.append({"after_s": delay, "killed": True, "stages_done_at_kill": done})
+  t0 = time.perf_counter()
+  subprocess.run(_cmd(args.config, b), check=True, env=env, cwd=ROOT,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  t_b = time.perf_counter() - t0
+  ra, rb = (_strip(json.load(open(os.path.join(d, "report.json")))) for d in (a, b))
+  same = json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
+  res = {"config": args.config, "kills": kills, "uninterrupted_s": t_a,
+         "final_restart_s": t_b, "reports_equal_except_timing": same}
+  tio.write_json(os.path.join(ROOT, "benchmarks", "results", "kill_restart.json"), res)
+  print(json.dumps(res, indent=2))
+  if not same:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,75 @@
+"""TSTR / TSRTR protocols (paper Sec. 4): what a fresh downstream model is trained on.
+
+TSTR trains on synthetic data only; TSRTR on real train plus `alpha * |real train|` synthetic
+samples; TRTR (real only) is the reference row. Every setting is scored by
+`downstream.evaluate_fresh` (seeds trained together, early stopping and thresholds on
+validation, the test split scored once per seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def exact_class_counts(y: np.ndarray, total: int, num_classes: int | None = None) -> np.ndarray:
+  """Per-class counts summing exactly to `total`, proportional to the class counts of `y`.
+
+  Largest-remainder rounding, so the proportions are as close as integers allow.
+  """
+  y = np.asarray(y)
+  k = int(num_classes if num_classes is not None else y.max() + 1)
+  have = np.bincount(y, minlength=k).astype(np.float64)
+  if total < 0:
+    raise ValueError(f"total must be >= 0, got {total}.")
+  if have.sum() == 0:
+    raise ValueError("exact_class_counts: y is empty.")
+  raw = have / have.sum() * total
+  out = np.floor(raw).astype(np.int64)
+  rest = int(total - out.sum())
+  order = np.argsort(-(raw - out), kind="stable")
+  out[order[:rest]] += 1
+  return out
+
+
+def mix_real_synthetic(x_real: np.ndarray, y_real: np.ndarray, x_syn: np.ndarray,
+                       y_syn: np.ndarray, alpha: float,
+                       seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """Real train + round(alpha * N_real) synthetic samples (TSRTR), drawn without replacement.
+
+  The synthetic part keeps the synthetic set's class proportions (exact integer counts by
+  largest remainder). Returns (x, y, n_synthetic). Raises if the synthetic pool is too small.
+  """
+  if alpha < 0:
+    raise ValueError(f"alpha must be >= 0, got {alpha}.")
+  x_real, y_real = np.asarray(x_real, np.float32), np.asarray(y_real, np.int32)
+  x_syn, y_syn = np.asarray(x_syn, np.float32), np.asarray(y_syn, np.int32)
+  if x_real.shape[1:] != x_syn.shape[1:]:
+    raise ValueError(f"real [T, C] {x_real.shape[1:]} differs from synthetic {x_syn.shape[1:]}.")
+  n_syn = int(round(alpha * x_real.shape[0]))
+  k = int(max(y_real.max(), y_syn.max()) + 1)
+  want = exact_class_counts(y_syn, n_syn, k)
+  have = np.bincount(y_syn, minlength=k)
+  if np.any(want > have):
+    raise ValueError(f"TSRTR alpha={alpha}: needs {want.tolist()} synthetic samples per class, "
+                     f"the synthetic set has {have.tolist()}; generate more.")
+  rng = np.random.default_rng(seed)
+  picks = [rng.choice(np.flatnonzero(y_syn == c), size=int(want[c]), replace=False)
+           for c in range(k)]
+  idx = np.sort(np.concatenate(picks)) if picks else np.zeros(0, np.int64)
+  x = np.concatenate([x_real, x_syn[idx]])
+  y = np.concatenate([y_real, y_syn[idx]])
+  return x, y, n_syn
+
+
+def alpha_key(alpha: float) -> str:
+  """Report key of a TSRTR ratio: 0.2 -> "0.2", 1 -> "1.0"."""
+  return f"{float(alpha):.1f}" if round(float(alpha), 1) == float(alpha) else repr(float(alpha))
+
+
+def check_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+  out = tuple(float(a) for a in alphas)
+  if not out or any(a <= 0 for a in out):
+    raise ValueError(f"evaluation.alphas must be positive ratios, got {alphas}.")
+  return out
