@@ -35,7 +35,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.diffusion.num_timesteps = 200  # Training diffusion steps T.
   c.diffusion.beta_start = 5e-4  # First beta (ldm_linear / linear).
   c.diffusion.beta_end = 0.1  # Last beta (ldm_linear / linear).
-  c.diffusion.loss = "l1"  # Epsilon-prediction loss: "l1" (reference) or "l2"; masked.
+  c.diffusion.loss = "l1"  # Denoising loss: "l1" (reference) or "l2"; masked.
+  # Network target: "eps" (reference code) or "v". With eps and ldm_linear, sqrt(alpha_bar) at
+  # t = T-1 is 0.025, so eps errors reach x0_hat 40x amplified; the first DDIM step then fixes a
+  # far too wide sample (benchmarks/results/diffusion_fidelity_default*.md). v maps 1:1.
+  c.diffusion.prediction = "v"
 
   c.unet = ml_collections.ConfigDict()
   c.unet.base_channels = 32  # Channels at the first level.

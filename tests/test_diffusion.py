@@ -164,3 +164,37 @@ def test_loss_label_dropout_and_rngs():
     eps_loss(apply, {}, S, x0, y, None, jax.random.key(0), loss="huber")
   with pytest.raises(ValueError):
     eps_loss(apply, {}, S, x0, y, None, jax.random.key(0), label_dropout=0.1)
+
+
+def test_v_prediction_round_trip_and_perfect_model_loss():
+  """v = sqrt(ab) eps - sqrt(1-ab) x0; eps_from_v(x_t, v) recovers eps, and a network that
+  outputs the exact v has zero v-loss and, wrapped by as_eps_model, predicts eps exactly."""
+  from tardiff_jax.diffusion import as_eps_model, eps_from_v, eps_loss, make_schedule, q_sample
+  from tardiff_jax.diffusion import v_target, x0_from_eps
+
+  sched = make_schedule("ldm_linear", 200, 5e-4, 0.1)
+  key = jax.random.PRNGKey(0)
+  x0 = jax.random.normal(key, (6, 5, 3))
+  noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+  t = jnp.array([0, 1, 50, 120, 198, 199], jnp.int32)
+  x_t = q_sample(sched, x0, t, noise)
+  v = v_target(sched, x0, t, noise)
+  np.testing.assert_allclose(eps_from_v(sched, x_t, t, v), noise, atol=1e-5)
+  np.testing.assert_allclose(x0_from_eps(sched, x_t, t, eps_from_v(sched, x_t, t, v)), x0,
+                             atol=2e-3)
+  # A constant-shift network: its v-loss equals the shift, and the eps wrapper converts exactly.
+  net = lambda params, xt, tt, yy: params * jnp.ones_like(xt)
+  eps_net = as_eps_model(net, sched, "v")
+  np.testing.assert_allclose(eps_net(0.5, x_t, t, None), eps_from_v(sched, x_t, t, 0.5 + 0 * x_t),
+                             atol=1e-6)
+  assert as_eps_model(net, sched, "eps") is net
+  y = jnp.zeros((6,), jnp.int32)
+  # loss("v") of a network that outputs v_target exactly is 0 for the same key.
+  def exact_v(params, xt, tt, yy):
+    ab = sched.alpha_bars[tt][:, None, None]
+    # x_t = sqrt(ab) x0 + sqrt(1-ab) eps  and  v = sqrt(ab) eps - sqrt(1-ab) x0, with x0 = params.
+    eps = (xt - jnp.sqrt(ab) * params) / jnp.sqrt(1 - ab)
+    return jnp.sqrt(ab) * eps - jnp.sqrt(1 - ab) * params
+  loss = eps_loss(exact_v, x0, sched, x0, y, None, key, loss="l1", prediction="v")
+  assert float(loss) < 1e-3
+  assert float(eps_loss(exact_v, x0, sched, x0, y, None, key, loss="l1", prediction="eps")) > 0.1

@@ -2,13 +2,16 @@
 
 from tardiff_jax.diffusion.gaussian import (
     alpha_bar_at,
+    as_eps_model,
     ddim_invert_step,
     ddim_sigma,
     ddim_step,
     ddpm_step,
+    eps_from_v,
     eps_from_x0,
     eps_loss,
     q_sample,
+    v_target,
     x0_from_eps,
 )
 from tardiff_jax.diffusion.schedules import (
@@ -22,5 +25,5 @@ from tardiff_jax.diffusion.schedules import (
 __all__ = [
     "SCHEDULES", "DiffusionConfig", "Schedule", "alpha_bar_at", "ddim_invert_step", "ddim_sigma",
     "ddim_step", "ddim_timesteps", "ddpm_step", "eps_from_x0", "eps_loss", "make_schedule",
-    "q_sample", "x0_from_eps",
+    "q_sample", "x0_from_eps", "as_eps_model", "eps_from_v", "v_target",
 ]

@@ -49,12 +49,43 @@ def eps_from_x0(schedule: Schedule, x_t: Array, t: Int[Array, ...], x0: Array) -
           / _at(schedule.sqrt_one_minus_alpha_bars, t, x_t))
 
 
+def v_target(schedule: Schedule, x0: Array, t: Int[Array, ...], noise: Array) -> Array:
+  """v = sqrt(ab_t) eps - sqrt(1 - ab_t) x0 (Salimans & Ho 2022)."""
+  return (_at(schedule.sqrt_alpha_bars, t, x0) * noise
+          - _at(schedule.sqrt_one_minus_alpha_bars, t, x0) * x0)
+
+
+def eps_from_v(schedule: Schedule, x_t: Array, t: Int[Array, ...], v: Array) -> Array:
+  """eps = sqrt(1 - ab_t) x_t + sqrt(ab_t) v: the inverse of `v_target` given x_t."""
+  return (_at(schedule.sqrt_one_minus_alpha_bars, t, x_t) * x_t
+          + _at(schedule.sqrt_alpha_bars, t, x_t) * v)
+
+
+def as_eps_model(apply_fn: ApplyFn, schedule: Schedule, prediction: str) -> ApplyFn:
+  """Wraps a network that predicts `prediction` ("eps" or "v") as an eps model for samplers.
+
+  With v-prediction an error in the network output maps one-to-one onto x0_hat at high noise,
+  where eps-prediction amplifies it by 1 / sqrt(alpha_bar_t) (~40x at t = T-1 of ldm_linear).
+  """
+  if prediction == "eps":
+    return apply_fn
+  if prediction != "v":
+    raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}.")
+
+  def eps_apply(params, x_t, t, y, *args, **kwargs):
+    return eps_from_v(schedule, x_t, t, apply_fn(params, x_t, t, y, *args, **kwargs))
+
+  return eps_apply
+
+
 def eps_loss(apply_fn: ApplyFn, params, schedule: Schedule,
              x0: Float[Array, "B T C"], y: Int[Array, " B"], mask: Array | None,
              key: jax.Array, loss: str = "l1", *, label_dropout: float = 0.0,
-             num_classes: int | None = None, rng_collections: Sequence[str] = ()) -> Array:
-  """Epsilon-prediction loss, a scalar: mean |eps - eps_hat| (l1) or squared error (l2) over the
-  OBSERVED entries (`mask` True; None = all observed), t ~ Uniform{0..T-1} per example.
+             num_classes: int | None = None, rng_collections: Sequence[str] = (),
+             prediction: str = "eps") -> Array:
+  """Denoising loss, a scalar: mean |target - output| (l1) or squared error (l2) over the
+  OBSERVED entries (`mask` True; None = all observed), t ~ Uniform{0..T-1} per example. The
+  target is the noise eps (`prediction="eps"`) or v = sqrt(ab) eps - sqrt(1-ab) x0 ("v").
 
   label_dropout > 0 replaces each label by the null label `num_classes` with that probability
   (classifier-free training). With `rng_collections` (e.g. ("dropout",)) the model is called as
@@ -63,6 +94,8 @@ def eps_loss(apply_fn: ApplyFn, params, schedule: Schedule,
   """
   if loss not in ("l1", "l2"):
     raise ValueError(f"loss must be 'l1' or 'l2', got {loss!r}.")
+  if prediction not in ("eps", "v"):
+    raise ValueError(f"prediction must be 'eps' or 'v', got {prediction!r}.")
   if not 0.0 <= label_dropout < 1.0:
     raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}.")
   if label_dropout > 0.0 and num_classes is None:
@@ -81,7 +114,8 @@ def eps_loss(apply_fn: ApplyFn, params, schedule: Schedule,
     eps_hat = apply_fn(params, x_t, t, y, train=True, rngs=rngs)
   else:
     eps_hat = apply_fn(params, x_t, t, y)
-  err = eps_hat - noise
+  target = noise if prediction == "eps" else v_target(schedule, x0, t, noise)
+  err = eps_hat - target
   err = jnp.abs(err) if loss == "l1" else jnp.square(err)
   if mask is None:
     return jnp.mean(err)

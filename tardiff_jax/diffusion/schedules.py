@@ -127,10 +127,13 @@ class DiffusionConfig:
   beta_start: float = 5e-4
   beta_end: float = 0.1
   loss: str = "l1"
+  prediction: str = "eps"  # What the network predicts: "eps" (reference code) or "v".
 
   def __post_init__(self):
     if self.loss not in ("l1", "l2"):
       raise ValueError(f"diffusion.loss must be 'l1' or 'l2', got {self.loss!r}.")
+    if self.prediction not in ("eps", "v"):
+      raise ValueError(f"diffusion.prediction must be 'eps' or 'v', got {self.prediction!r}.")
     self.make_schedule()  # Validates the schedule hyper-parameters up front.
 
   @classmethod

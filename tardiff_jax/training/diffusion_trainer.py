@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from tardiff_jax.diffusion import DiffusionConfig
+from tardiff_jax.diffusion import as_eps_model
 from tardiff_jax.diffusion import eps_loss
 from tardiff_jax.models.unet1d import UNet1D
 from tardiff_jax.models.unet1d import UNetConfig
@@ -126,10 +127,10 @@ def _jitted_state(tx: optax.GradientTransformation) -> Callable[..., State]:
                                "opt_state": tx.init(p), "rng": k})
 
 
-def _default_loss_fn(loss: str) -> Callable[..., Array]:
+def _default_loss_fn(loss: str, prediction: str = "eps") -> Callable[..., Array]:
   """`tardiff_jax.diffusion.eps_loss`; label dropout happens inside the U-Net (rng "label")."""
   return lambda apply_fn, params, schedule, x0, y, mask, key: eps_loss(
-      apply_fn, params, schedule, x0, y, mask, key, loss=loss)
+      apply_fn, params, schedule, x0, y, mask, key, loss=loss, prediction=prediction)
 
 
 @functools.lru_cache(maxsize=8)
@@ -138,7 +139,7 @@ def _cached_train_step(unet_cfg: UNetConfig, train_cfg: DiffusionTrainConfig,
                        loss_fn: Callable[..., Array] | None):
   """One compiled step per (configs, N, loss_fn): repeated / resumed runs do not recompile."""
   if loss_fn is None:
-    loss_fn = _default_loss_fn(diff_cfg.loss)
+    loss_fn = _default_loss_fn(diff_cfg.loss, diff_cfg.prediction)
   return make_train_step(UNet1D(unet_cfg), make_optimizer(train_cfg), diff_cfg.make_schedule(),
                          train_cfg, num_examples, loss_fn)
 
@@ -283,14 +284,15 @@ def train_diffusion(config: Any, x_train: np.ndarray, y_train: np.ndarray,
         if s % train_cfg.checkpoint_every == 0 or s == total:
           store.save(s, state, meta)
   state = jax.device_get(state)
-  return DiffusionTrainResult(module=module, apply_fn=apply_fn, params=state["params"],
+  eps_apply = as_eps_model(apply_fn, diff_cfg.make_schedule(), diff_cfg.prediction)  # eps out.
+  return DiffusionTrainResult(module=module, apply_fn=eps_apply, params=state["params"],
                               ema_params=state["ema_params"], step=int(state["step"]), meta=meta,
                               train_time_s=time.perf_counter() - t0, checkpoint_dir=ckpt_dir)
 
 
 def _check_compatible(saved: dict[str, Any], meta: dict[str, Any]) -> None:
   """Refuses to resume a checkpoint trained with a different model or data shape."""
-  for k in ("unet", "seq_len", "channels", "num_classes"):
+  for k in ("unet", "diffusion", "seq_len", "channels", "num_classes"):
     if saved.get(k) != meta[k]:
       raise ValueError(f"Checkpoint {k}={saved.get(k)!r} does not match this run's {meta[k]!r}; "
                        f"use a fresh workdir.")
@@ -318,5 +320,6 @@ def load_diffusion(ckpt_dir: str) -> tuple[UNet1D, Callable[..., Array], Any, di
                                                  int(meta["seq_len"]), int(meta["channels"])))
     state, meta = store.restore(abstract)
   module, apply_fn = make_denoiser(unet_cfg)
+  diff_cfg = DiffusionConfig(**meta["diffusion"])
   ema = jax.tree_util.tree_map(jnp.asarray, state["ema_params"])
-  return module, apply_fn, ema, meta
+  return module, as_eps_model(apply_fn, diff_cfg.make_schedule(), diff_cfg.prediction), ema, meta
