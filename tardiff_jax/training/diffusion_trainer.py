@@ -80,7 +80,8 @@ class DiffusionTrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionTrainResult:
-  """What `train_diffusion` returns; `apply_fn(params, x, t, y)` is the eval-mode denoiser."""
+  """What `train_diffusion` returns; `apply_fn(params, x, t, y)` is the eval-mode denoiser as an
+  eps model (a v-predicting network is wrapped by `as_eps_model`), ready for the samplers."""
 
   module: UNet1D
   apply_fn: Callable[..., Array]
@@ -149,7 +150,7 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
                     loss_fn: Callable[..., Array]) -> Callable[..., tuple[State, Array]]:
   """Returns the jitted `step(state, x, y, mask) -> (state, loss)` (state donated).
 
-  `loss_fn(apply_fn, params, schedule, x0, y, mask, key) -> scalar` is the epsilon loss; the
+  `loss_fn(apply_fn, params, schedule, x0, y, mask, key) -> scalar` is the denoising loss; the
   `apply_fn` it receives runs the U-Net in training mode (dropout, label dropout).
   """
   batch = train_cfg.batch_size
@@ -304,7 +305,8 @@ def _find_ckpt_dir(path: str) -> str:
 
 
 def load_diffusion(ckpt_dir: str) -> tuple[UNet1D, Callable[..., Array], Any, dict[str, Any]]:
-  """Loads `(module, apply_fn, ema_params, meta)` from a checkpoint dir (or a workdir)."""
+  """Loads `(module, apply_fn, ema_params, meta)` from a checkpoint dir (or a workdir); `apply_fn`
+  predicts eps whatever the network's `diffusion.prediction` target."""
   ckpt_dir = _find_ckpt_dir(ckpt_dir)
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(f"No diffusion checkpoint directory {ckpt_dir}.")
