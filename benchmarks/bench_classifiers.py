@@ -57,18 +57,23 @@ def bench_model(model: str, x: np.ndarray, y: np.ndarray, cfg, repeats: int,
                                                          jax.tree_util.tree_leaves(params0))),
          "batch_size": b, "train": {}}
   fns = ct._make_fns(clf, tcfg.learning_rate, t, c)
-  xd, yd, wd = jnp.asarray(x), jnp.asarray(y), jnp.ones(n, jnp.float32)
-  valid = jnp.ones((steps, b), jnp.float32)
+  steps = max(ct.CHUNK, steps - steps % ct.CHUNK)  # Whole compiled chunks of CHUNK steps.
   for s in seed_counts:
     seeds = list(range(s))
     state = fns["init"](jnp.stack([jax.random.PRNGKey(i) for i in seeds]))
-    idx = jnp.asarray(np.stack([ct._epoch_indices(i, 1, n, b, -(-n // b))[:steps]
-                                for i in seeds]))
+    idx = np.stack([ct._epoch_indices(i, 1, n, b, steps) for i in seeds])  # [S, steps, B]
+    w = np.ones((s, ct.CHUNK, b), np.float32)
     active = jnp.ones(s, bool)
     holder = {"state": state}
 
-    def run_epoch(holder=holder, active=active, idx=idx):
-      holder["state"], losses = fns["epoch"](holder["state"], active, xd, yd, wd, idx, valid)
+    def run_epoch(holder=holder, active=active, idx=idx, w=w):
+      # As the trainer does: minibatches gathered on the host, CHUNK per compiled call.
+      losses = []
+      for k in range(0, steps, ct.CHUNK):
+        ib = idx[:, k:k + ct.CHUNK]
+        holder["state"], loss = fns["epoch"](holder["state"], active, jnp.asarray(x[ib]),
+                                             jnp.asarray(y[ib]), jnp.asarray(w))
+        losses.append(loss)
       return losses
 
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ from tardiff_jax import io as tio
 from tardiff_jax.data import DataConfig, PreparedData, prepare_data
 from tardiff_jax.diffusion import DiffusionConfig
 from tardiff_jax.evaluation import baselines, fidelity, plots, privacy, protocols, report
-from tardiff_jax.evaluation.downstream import evaluate_fresh
+from tardiff_jax.evaluation.downstream import evaluate_fresh_group
 from tardiff_jax.evaluation.grad_norms import grad_norm_stats
 from tardiff_jax.influence import (
   GuidanceConfig,
@@ -410,26 +410,80 @@ def stage_generate(run: Run, methods: tuple[str, ...] | None = None, force: bool
 # ---------------------------------------------------------------------- protocols
 
 
-def _cached_eval(run: Run, name: str, fn) -> dict[str, Any]:
-  """Protocol results are cached per setting so an interrupted evaluation resumes."""
-  p = run.path("eval", f"{name}.json")
-  if os.path.exists(p):
-    return tio.read_json(p)
-  t0 = time.perf_counter()
-  out = fn()
-  out["seconds"] = time.perf_counter() - t0
-  tio.write_json(p, out)
+def _eval_path(run: Run, name: str) -> str:
+  return run.path("eval", f"{name}.json")
+
+
+def _log_eval(name: str, out: dict[str, Any]) -> None:
   log(f"evaluate: {name}: AUROC {out['auroc']:.3f} AUPRC {out['auprc']:.3f} "
-      f"F1 {out['minority_f1']:.3f} ({out['seconds']:.1f}s)")
-  return out
+      f"F1 {out['minority_f1']:.3f} (group of {out.get('group_size', '?')} models, "
+      f"{out['seconds']:.1f}s)")
 
 
-def _downstream(run: Run, x_fit, y_fit, x_val, y_val, x_test, y_test, name: str):
+def epoch_size(run: Run) -> int:
+  """Minibatch positions per epoch of every protocol model: the largest protocol set
+  (real train + max(alpha) x real train). Fixed by the config, so a setting's result does not
+  depend on which other settings share its vmapped group (resumed runs reproduce it)."""
+  alphas = protocols.check_alphas(run.config.evaluation.alphas)
+  n = len(run.data.train)
+  return n + int(round(max(alphas) * n))
+
+
+def _cached_group(run: Run, fits: dict[str, tuple[np.ndarray, np.ndarray]], val, test,
+                  label: str) -> dict[str, dict[str, Any]]:
+  """Protocol settings trained as one vmapped group (every set x every seed) and cached per
+  setting in eval/<name>.json. A group whose files are all present is read back; otherwise the
+  whole group is trained again (its members never depend on the group's composition, see
+  `epoch_size`), so an interrupted evaluation resumes with the same numbers."""
+  if all(os.path.exists(_eval_path(run, n)) for n in fits):
+    return {n: tio.read_json(_eval_path(run, n)) for n in fits}
   ecfg = run.config.evaluation
   cls_cfg = run.classifier_config(model=str(ecfg.downstream))
   seeds = [run.seed + 1000 + i for i in range(int(ecfg.num_seeds))]
-  return evaluate_fresh(x_fit, y_fit, x_val, y_val, x_test, y_test, cls_cfg,
-                        run.train_classifier_config, seeds, name=name, quiet=run.quiet)
+  t0 = time.perf_counter()
+  results = evaluate_fresh_group(list(fits.values()), val[0], val[1], test[0], test[1], cls_cfg,
+                                 run.train_classifier_config, seeds, epoch_size=epoch_size(run),
+                                 name=label, quiet=run.quiet)
+  seconds = time.perf_counter() - t0
+  out = {}
+  for name, res in zip(fits, results):
+    res["seconds"] = seconds / len(fits)  # The group's wall time, shared out.
+    res["group"] = label
+    tio.write_json(_eval_path(run, name), res)
+    _log_eval(name, res)
+    out[name] = res
+  return out
+
+
+def _sweep_paths(run: Run, w: float) -> tuple[str, str]:
+  base = run.path("guidance", "sweep", f"w{w:g}")
+  return base + ".npz", base + ".json"
+
+
+def _sweep_settings(run: Run, w: float) -> dict[str, Any]:
+  s = _synthetic_settings(run, "unguided")
+  s.update(method="tardiff", scale=float(w),
+           guidance={k: v for k, v in run.config.guidance.to_dict().items()
+                     if k not in ("scale", "scale_grid", "select_scale")})
+  return json.loads(json.dumps(s, default=list))
+
+
+def _save_sweep_set(run: Run, w: float, x: np.ndarray, y: np.ndarray, seconds: float) -> None:
+  """A sweep point's samples (normalised units), so a restarted sweep does not redraw them."""
+  npz, meta = _sweep_paths(run, w)
+  tio.write_npz(npz, x=x.astype(np.float32), y=y.astype(np.int32))
+  tio.write_json(meta, {"settings": _sweep_settings(run, w), "seconds": seconds})
+
+
+def _load_sweep_set(run: Run, w: float) -> tuple[np.ndarray, np.ndarray, float] | None:
+  npz, meta = _sweep_paths(run, w)
+  if not (os.path.exists(npz) and os.path.exists(meta)):
+    return None
+  m = tio.read_json(meta)
+  if m.get("settings") != _sweep_settings(run, w):
+    return None
+  with np.load(npz, allow_pickle=False) as z:
+    return z["x"], z["y"], float(m["seconds"])
 
 
 def stage_select_scale(run: Run) -> float:
@@ -454,28 +508,31 @@ def stage_select_scale(run: Run) -> float:
   d = run.data
   score_fn = jax.jit(lambda p, G, x, y: influence(classifier.loss_fn, p, G, x, y,
                                                   g.variant if g.variant != "batch" else "dot"))
-  rows, drawn = [], {}
+  drawn, fits, infl = {}, {}, {}
   for w in grid:
-    name = f"sweep_w{w:g}"
-    x, y, seconds = sample_method(run, "tardiff", scale=w)
+    stored = _load_sweep_set(run, w)
+    x, y, seconds = stored if stored is not None else sample_method(run, "tardiff", scale=w)
+    if stored is None:
+      _save_sweep_set(run, w, x, y, seconds)
     drawn[w] = (x, y, seconds)
-    infl = np.concatenate([np.asarray(score_fn(params, cache.G, jnp.asarray(x[i:i + 512]),
-                                               jnp.asarray(y[i:i + 512])))
-                           for i in range(0, len(y), 512)])
-
-    def fit(x=x, y=y, name=name):
-      xm, ym, _ = protocols.mix_real_synthetic(d.train.x, d.train.y, x, y, 1.0, run.seed)
-      return _downstream(run, xm, ym, d.guide_val.x, d.guide_val.y, d.eval_val.x, d.eval_val.y,
-                         name)
-
-    res = _cached_eval(run, name, fit)
+    infl[w] = np.concatenate([np.asarray(score_fn(params, cache.G, jnp.asarray(x[i:i + 512]),
+                                                  jnp.asarray(y[i:i + 512])))
+                              for i in range(0, len(y), 512)])
+    xm, ym, _ = protocols.mix_real_synthetic(d.train.x, d.train.y, x, y, 1.0, run.seed)
+    fits[f"sweep_w{w:g}"] = (xm, ym)
+  # The fresh TSRTR models early-stop on guidance-val and are scored on evaluation-val.
+  res_all = _cached_group(run, fits, (d.guide_val.x, d.guide_val.y),
+                          (d.eval_val.x, d.eval_val.y), "select_scale")
+  rows = []
+  for w in grid:
+    res, (_, y, _) = res_all[f"sweep_w{w:g}"], drawn[w]
     rows.append({"scale": w, "auroc": res["auroc"], "auprc": res["auprc"],
                  "minority_f1": res["minority_f1"], "std": res.get("std", {}),
-                 "mean_influence": float(np.mean(infl)),
-                 "mean_influence_by_class": {str(c): float(np.mean(infl[y == c]))
+                 "mean_influence": float(np.mean(infl[w])),
+                 "mean_influence_by_class": {str(c): float(np.mean(infl[w][y == c]))
                                              for c in np.unique(y)}})
     log(f"select_scale: w={w:g} eval-val AUPRC {res['auprc']:.3f} AUROC {res['auroc']:.3f} "
-        f"mean influence {np.mean(infl):.4g}")
+        f"mean influence {np.mean(infl[w]):.4g}")
   best = max(rows, key=lambda r: (r["auprc"], -abs(r["scale"])))
   tio.write_json(sweep_path, {"grid": list(grid), "rows": rows,
                               "selected_scale": best["scale"],
@@ -499,30 +556,30 @@ def stage_evaluate(run: Run) -> dict[str, Any]:
   syn = {m: produce_method(run, m) for m in methods}
   val, test = d.val, d.test
 
-  tstr = {"real": _cached_eval(run, "trtr", lambda: _downstream(
-      run, d.train.x, d.train.y, val.x, val.y, test.x, test.y, "trtr"))}
+  for m in methods:
+    if np.unique(syn[m][1]).size < 2:
+      raise ValueError(f"Synthetic set {m} has one class only; TSTR needs both classes "
+                       f"(sampling.counts={run.config.sampling.counts!r}).")
+  vt = ((val.x, val.y), (test.x, test.y))
+  tstr = {"real": _cached_group(run, {"trtr": (d.train.x, d.train.y)}, *vt, "trtr")["trtr"]}
   tsrtr: dict[str, dict[str, Any]] = {}
   fid: dict[str, Any] = {}
   priv: dict[str, Any] = {}
   notes = []
   for m in methods:
+    # TSTR and every TSRTR ratio of a method: one vmapped group of (1 + ratios) x seeds models.
     x, y = syn[m]
-    if np.unique(y).size < 2:
-      raise ValueError(f"Synthetic set {m} has one class only; TSTR needs both classes "
-                       f"(sampling.counts={run.config.sampling.counts!r}).")
-    tstr[m] = _cached_eval(run, f"tstr_{m}", lambda x=x, y=y, m=m: _downstream(
-        run, x, y, val.x, val.y, test.x, test.y, f"tstr_{m}"))
+    fits = {f"tstr_{m}": (x, y)}
+    n_syn = {}
+    for a in alphas:
+      xm, ym, n_syn[a] = protocols.mix_real_synthetic(d.train.x, d.train.y, x, y, a, run.seed)
+      fits[f"tsrtr_{m}_{protocols.alpha_key(a)}"] = (xm, ym)
+    res = _cached_group(run, fits, *vt, f"protocols_{m}")
+    tstr[m] = res[f"tstr_{m}"]
     tsrtr[m] = {}
     for a in alphas:
       key = protocols.alpha_key(a)
-
-      def fit(a=a, x=x, y=y, m=m, key=key):
-        xm, ym, n_syn = protocols.mix_real_synthetic(d.train.x, d.train.y, x, y, a, run.seed)
-        out = _downstream(run, xm, ym, val.x, val.y, test.x, test.y, f"tsrtr_{m}_{key}")
-        out["n_synthetic"] = n_syn
-        return out
-
-      tsrtr[m][key] = _cached_eval(run, f"tsrtr_{m}_{key}", fit)
+      tsrtr[m][key] = dict(res[f"tsrtr_{m}_{key}"], n_synthetic=int(n_syn[a]))
 
   fcfg = run.config.evaluation
   for m in methods:

@@ -164,3 +164,51 @@ def test_bad_inputs_raise(clf, data):
     ct.train_classifier_seeds(clf, bad, yt, xv, yv, TCFG, [0], quiet=True)
   with pytest.raises(ValueError, match="distinct"):
     ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [1, 1], quiet=True)
+
+
+def test_epoch_indices_wrap_when_the_epoch_is_longer_than_the_set():
+  idx = ct._epoch_indices(7, 3, n=50, batch=64, steps=4, epoch_size=200)
+  flat = idx.reshape(-1)[:200]
+  assert sorted(flat[:50].tolist()) == list(range(50))  # First pass: a permutation.
+  assert np.bincount(flat, minlength=50).tolist() == [4] * 50  # Four full passes.
+  assert not np.array_equal(flat[:50], flat[50:100])  # Each pass reshuffled.
+  # epoch_size = n is the plain one-pass epoch.
+  np.testing.assert_array_equal(ct._epoch_indices(7, 3, 200, 64, 4, epoch_size=200),
+                                ct._epoch_indices(7, 3, 200, 64, 4))
+
+
+def test_subset_members_equal_training_on_their_rows_alone(data, clf):
+  """A member of a group trains on its own rows only: it equals a run on those rows alone with
+  the same epoch size, whatever the other members learn from."""
+  (xt, yt), (xv, yv), _ = data
+  a = np.arange(0, 150)
+  b = np.arange(150, 230)  # Smaller set: wraps within each epoch.
+  group_p, group_h = ct.train_classifier_seeds(
+      clf, xt, yt, xv, yv, TCFG, [0, 0, 1], subsets=[a, b, b], epoch_size=150, quiet=True)
+  alone_p, alone_h = ct.train_classifier_seeds(clf, xt[b], yt[b], xv, yv, TCFG, [0],
+                                               epoch_size=150, quiet=True)
+  p_group = ct.predict_proba(clf, group_p, xv, stacked=True)
+  np.testing.assert_allclose(p_group[1], ct.predict_proba(clf, ct.unstack(alone_p, 0), xv),
+                             atol=1e-5)
+  assert group_h[1]["best_epoch"] == alone_h[0]["best_epoch"]
+  np.testing.assert_allclose(group_h[1]["train_loss"], alone_h[0]["train_loss"], rtol=1e-4)
+  assert group_h[1]["n_train"] == 80 and group_h[0]["n_train"] == 150
+  assert not np.allclose(p_group[0], p_group[1])  # Different data, different model.
+  assert not np.allclose(p_group[1], p_group[2])  # Same data, different seed.
+  with pytest.raises(ValueError, match="subsets for"):
+    ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0], subsets=[a, b], quiet=True)
+  with pytest.raises(ValueError, match="distinct row"):
+    ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0], subsets=[np.array([1, 1])],
+                              quiet=True)
+
+
+def test_evaluate_fresh_group_equals_one_set_at_a_time(data):
+  (xt, yt), (xv, yv), (xs, ys) = data
+  sets = [(xt[:115], yt[:115]), (xt[115:], yt[115:])]  # Equal sizes: same epoch either way.
+  group = downstream.evaluate_fresh_group(sets, xv, yv, xs, ys, CFG, TCFG, seeds=[3, 4])
+  for (x, y), g in zip(sets, group):
+    alone = downstream.evaluate_fresh(x, y, xv, yv, xs, ys, CFG, TCFG, seeds=[3, 4])
+    assert g["group_size"] == 4 and alone["group_size"] == 2
+    for key in downstream.METRIC_KEYS:
+      assert g[key] == pytest.approx(alone[key], abs=1e-4)
+    assert [s["best_epoch"] for s in g["seeds"]] == [s["best_epoch"] for s in alone["seeds"]]

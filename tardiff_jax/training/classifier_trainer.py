@@ -80,9 +80,21 @@ class TrainClassifierConfig:
 
 def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
                            config: TrainClassifierConfig, seeds: Sequence[int], *,
+                           subsets: Sequence[np.ndarray] | None = None,
+                           epoch_size: int | None = None,
                            name: str = "train_classifier", metrics_path: str | None = None,
                            quiet: bool = False) -> tuple[PyTree, list[dict[str, Any]]]:
-  """Trains one classifier per seed, all seeds in one vmapped computation.
+  """Trains one classifier per member (seed), all members in one vmapped computation.
+
+  Members may train on different data: with `subsets`, member i learns from the rows
+  `subsets[i]` of (x_train, y_train) only (e.g. the TSTR set and every TSRTR mix of a method,
+  three seeds each, stacked in one pool). All members share the validation split.
+
+  Epochs: every member runs `ceil(epoch_size / B)` minibatch steps per epoch, where
+  `epoch_size` defaults to the largest member's row count. A member with fewer rows draws its
+  minibatches from successive seeded permutations of its rows (so it may see its rows more than
+  once per epoch); a member with `epoch_size` rows sees each row exactly once. Nothing is padded
+  away except the last minibatch's tail, so a group wastes no compute on its smaller members.
 
   Args:
     classifier: an object with `init(key, T, C)` and `logits_fn(params, x[B,T,C], train, rngs)
@@ -90,20 +102,25 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     x_train: float32[N, T, C] (finite: missing values already filled), y_train: int[N].
     x_val: float32[M, T, C], y_val: int[M] with both classes (validation AUPRC drives stopping).
     config: training hyper-parameters.
-    seeds: S integer seeds (init, dropout and minibatch order all derive from the seed).
+    seeds: S integer seeds (init, dropout and minibatch order all derive from the seed);
+      distinct unless `subsets` tell the members apart.
+    subsets: optional S int arrays of row indices into x_train (distinct rows, non-empty);
+      None = every member trains on all N rows.
+    epoch_size: minibatch positions per epoch (>= 1); None = the largest member's row count.
     name, metrics_path, quiet: progress output (one line per epoch; metrics.jsonl lines).
   Returns:
-    (params, histories): the best-validation-AUPRC params of every seed stacked on a leading
-    axis of size S, and one history dict per seed.
+    (params, histories): the best-validation-AUPRC params of every member stacked on a leading
+    axis of size S, and one history dict per member.
   """
   seeds = [int(s) for s in seeds]
   if not seeds:
     raise ValueError("train_classifier: need at least one seed.")
-  if len(set(seeds)) != len(seeds):
+  if subsets is None and len(set(seeds)) != len(seeds):
     raise ValueError(f"train_classifier: seeds must be distinct; got {seeds}.")
   if any(s < 0 for s in seeds):
     raise ValueError(f"train_classifier: seeds must be >= 0; got {seeds}.")
   x_train, y_train = _check_xy(x_train, y_train, "train")
+  subsets = _check_subsets(subsets, len(seeds), x_train.shape[0])
   x_val, y_val = _check_xy(x_val, y_val, "validation")
   if x_val.shape[1:] != x_train.shape[1:]:
     raise ValueError(f"train_classifier: validation [T, C] {x_val.shape[1:]} differs from "
@@ -115,9 +132,15 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     raise ValueError("train_classifier: early stopping on AUPRC needs binary labels {0, 1}.")
   n, t, c = x_train.shape
   s_count = len(seeds)
-  batch = min(int(config.batch_size), n)
-  steps = -(-n // batch)
-  weights = _example_weights(y_train, config.class_weighting)
+  sizes = [n if sub is None else int(sub.size) for sub in subsets]
+  n_epoch = max(sizes) if epoch_size is None else int(epoch_size)
+  if n_epoch < 1:
+    raise ValueError(f"train_classifier: epoch_size must be >= 1, got {epoch_size}.")
+  batch = min(int(config.batch_size), n_epoch)
+  steps = -(-n_epoch // batch)
+  # Per member: its rows in the pool and their loss weights (class weights from its own rows).
+  rows = [np.arange(n, dtype=np.int64) if sub is None else sub for sub in subsets]
+  member_w = [_example_weights(y_train[r], config.class_weighting) for r in rows]
 
   fns = _make_fns(classifier, config.learning_rate, t, c)
   keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
@@ -142,8 +165,12 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   t0 = time.perf_counter()
   epochs_run = 0
   for epoch in range(1, config.max_epochs + 1):
-    idx = np.stack([_epoch_indices(s, epoch, n, batch, num_chunks * CHUNK) for s in seeds])
-    valid = (np.arange(num_chunks * CHUNK * batch) < n).reshape(-1, batch).astype(np.float32)
+    local = [_epoch_indices(s, epoch, sizes[i], batch, num_chunks * CHUNK, n_epoch)
+             for i, s in enumerate(seeds)]
+    idx = np.stack([rows[i][loc] for i, loc in enumerate(local)])  # [S, steps, B] pool rows
+    weights = np.stack([member_w[i][loc] for i, loc in enumerate(local)])
+    valid = (np.arange(num_chunks * CHUNK * batch) < n_epoch).reshape(-1, batch).astype(
+        np.float32)
     losses = []
     active_dev = jnp.asarray(active)
     for k in range(num_chunks):
@@ -151,7 +178,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
       ib = idx[:, sl]  # [S, CHUNK, B]
       state, loss_k = fns["epoch"](state, active_dev, jnp.asarray(x_train[ib]),
                                    jnp.asarray(y_train[ib]),
-                                   jnp.asarray(weights[ib] * valid[sl][None]))
+                                   jnp.asarray(weights[:, sl] * valid[sl][None]))
       losses.append(np.asarray(loss_k)[:, : max(0, min(CHUNK, steps - k * CHUNK))])
     losses = np.concatenate(losses, axis=1)
     probs = np.concatenate(
@@ -186,9 +213,10 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
       break
   jax.block_until_ready(best_params)
   elapsed = time.perf_counter() - t0
-  for h in hist:
+  for h, size in zip(hist, sizes):
     h.update(epochs_run=len(h["val_auprc"]), batch_size=batch, steps_per_epoch=steps,
-             time_s=elapsed, group_epochs=epochs_run)
+             time_s=elapsed, group_epochs=epochs_run, n_train=size, epoch_size=n_epoch,
+             group_size=s_count)
   return best_params, hist
 
 
@@ -282,13 +310,41 @@ def _example_weights(y: np.ndarray, class_weighting: bool) -> np.ndarray:
   return per_class[y].astype(np.float32)
 
 
-def _epoch_indices(seed: int, epoch: int, n: int, batch: int, steps: int) -> np.ndarray:
-  """The seed's minibatch indices for `epoch`: a seeded permutation, padded -> int32[steps, B]."""
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
-  pad = steps * batch - n
-  if pad:
+def _epoch_indices(seed: int, epoch: int, n: int, batch: int, steps: int,
+                   epoch_size: int | None = None) -> np.ndarray:
+  """The seed's minibatch indices into n rows for `epoch` -> int32[steps, B].
+
+  The first `epoch_size` (default n) positions follow a seeded permutation of the n rows, then
+  further seeded permutations when epoch_size > n; positions beyond epoch_size are padding (the
+  trainer gives them weight 0) and repeat earlier indices.
+  """
+  epoch_size = n if epoch_size is None else int(epoch_size)
+  perms = [np.random.default_rng([seed, epoch]).permutation(n)]
+  r = 1
+  while len(perms) * n < epoch_size:
+    perms.append(np.random.default_rng([seed, epoch, r]).permutation(n))
+    r += 1
+  perm = np.concatenate(perms)[:epoch_size]
+  pad = steps * batch - epoch_size
+  if pad > 0:
     perm = np.concatenate([perm, np.resize(perm, pad)])  # Padded slots carry weight 0.
-  return perm.reshape(steps, batch).astype(np.int32)
+  return perm[:steps * batch].reshape(steps, batch).astype(np.int32)
+
+
+def _check_subsets(subsets, count: int, n: int) -> list[np.ndarray | None]:
+  """Validates per-member row subsets (None = all rows for every member)."""
+  if subsets is None:
+    return [None] * count
+  subsets = [np.asarray(sub) for sub in subsets]
+  if len(subsets) != count:
+    raise ValueError(f"train_classifier: got {len(subsets)} subsets for {count} seeds.")
+  for i, sub in enumerate(subsets):
+    if sub.ndim != 1 or sub.size == 0 or sub.dtype.kind not in "iu":
+      raise ValueError(f"train_classifier: subset {i} must be a non-empty 1-D integer array.")
+    if sub.min() < 0 or sub.max() >= n or np.unique(sub).size != sub.size:
+      raise ValueError(f"train_classifier: subset {i} must hold distinct row indices in "
+                       f"[0, {n}).")
+  return [sub.astype(np.int64) for sub in subsets]
 
 
 def _chunks(x: np.ndarray, size: int) -> tuple[list[Array], int]:
