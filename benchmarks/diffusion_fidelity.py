@@ -1,6 +1,7 @@
 """Issue 3 acceptance: do unguided samples match the training data, per class and channel?
 
   python benchmarks/diffusion_fidelity.py --workdir=runs/simulator [--tag default]
+  python benchmarks/diffusion_fidelity.py --workdir=runs/default_v --tag ddim50 --num_steps=50
 
 Reads a pipeline workdir after its `generate` stage (synthetic/unguided.npz, original units) and
 compares, per class and channel, the means, standard deviations and lag-1 autocorrelations of the
@@ -8,6 +9,14 @@ unguided samples with the real training split (observed values only), in clinica
 A cell passes when the relative difference is within 15%. It also checks that the class
 conditioning works: a logistic regression fitted on real train scores class-1 samples higher
 than class-0 samples. Writes benchmarks/results/diffusion_fidelity[_TAG].json and .md.
+
+With --sample (implied by any sampler override: --sampler, --num_steps, --eta, --cfg_scale,
+--clip_x0, --key_offset) it instead draws a fresh unguided set from the trained diffusion model in
+the workdir (EMA parameters, the workdir's config.json with the overrides applied, the pipeline's
+unguided key unless --key_offset) and evaluates that; nothing is written into the workdir.
+--diagnose adds, per class and channel, the split of the pooled std into between-stay (std of
+per-stay means) and within-stay (std around each stay's mean) parts, and quantiles of real and
+synthetic values in normalised units (where heavy tails would show).
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+import warnings
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -22,6 +33,8 @@ from sklearn.linear_model import LogisticRegression
 from tardiff_jax import io as tio
 from tardiff_jax.data import DataConfig, prepare_data
 from tardiff_jax.evaluation.fidelity import marginal_stats
+
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 0.15
@@ -32,18 +45,122 @@ def rel(a, b):
   return np.abs(a - b) / np.maximum(np.abs(b), 1e-8)
 
 
+def draw_samples(workdir: str, cfg: dict, overrides: dict, key_offset: int
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+  """A fresh unguided set (original units) from the workdir's trained model: (x, y, seconds)."""
+  import jax
+  import ml_collections
+
+  from tardiff_jax import pipeline
+  config = ml_collections.ConfigDict(cfg)
+  for k, v in overrides.items():
+    if v is not None:
+      config.sampling[k] = type(config.sampling[k])(v)
+  run = pipeline.Run(config, workdir, quiet=True)
+  x, y, seconds = _sample(run, pipeline, jax, key_offset)
+  return run.data.normalizer.inverse(x), y, seconds
+
+
+def _sample(run, pipeline, jax, key_offset: int):
+  """pipeline.sample_method("unguided"), with the key optionally folded with `key_offset`."""
+  if not key_offset:
+    return pipeline.sample_method(run, "unguided")
+  from tardiff_jax.sampling import class_counts, generate
+  _, ema_params = pipeline.load_trained_diffusion(run)
+  counts = class_counts(run.train_counts(), mode=str(run.config.sampling.counts))
+  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), pipeline._method_seed("unguided"))
+  key = jax.random.fold_in(key, int(key_offset))
+  t0 = time.perf_counter()
+  x, y = generate(pipeline._sampler(run, "unguided"), ema_params, None, key, counts,
+                  run.shape_tc, int(run.config.sampling.batch_size), progress=False)
+  return x, y, time.perf_counter() - t0
+
+
+def _observed_stats(x: np.ndarray, obs: np.ndarray) -> dict:
+  """Per channel: pooled std, between-stay std (of per-stay means), within-stay std."""
+  x = np.where(obs, x, np.nan).astype(np.float64)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # Stays with a channel never observed.
+    stay_mean = np.nanmean(x, axis=1)  # [N, C]
+    within = np.sqrt(np.nanmean((x - stay_mean[:, None, :]) ** 2, axis=(0, 1)))
+    between = np.nanstd(stay_mean, axis=0)
+    pooled = np.nanstd(x.reshape(-1, x.shape[-1]), axis=0)
+  return {"pooled": pooled.tolist(), "between": between.tolist(), "within": within.tolist()}
+
+
+def diagnose(raw, xs: np.ndarray, ys: np.ndarray, normalizer) -> dict:
+  """Variance decomposition (clinical units) and normalised-unit quantiles, per class."""
+  out = {}
+  zr_all = normalizer.transform(raw.x, raw.mask)
+  zs_all = normalizer.transform(xs)
+  for c in range(raw.num_classes):
+    sel = raw.y == c
+    obs = raw.mask[sel] & np.isfinite(raw.x[sel])
+    dr = _observed_stats(raw.x[sel], obs)
+    ds = _observed_stats(xs[ys == c], np.isfinite(xs[ys == c]))
+    zr, zs = zr_all[sel], zs_all[ys == c]
+    qr = [np.quantile(zr[..., k][obs[..., k]], QUANTILES).tolist() for k in range(raw.C)]
+    qs = [np.quantile(zs[..., k].ravel(), QUANTILES).tolist() for k in range(raw.C)]
+    out[str(c)] = {"real": dr, "syn": ds, "quantiles": list(QUANTILES), "real_q_norm": qr,
+                   "syn_q_norm": qs}
+  return out
+
+
+def diagnose_lines(diag: dict, names: list[str]) -> list[str]:
+  lines = ["## Diagnostics: std split and normalised quantiles", "",
+           "Std in clinical units: pooled (as above), between-stay (std of per-stay means), "
+           "within-stay (around each stay's mean). Quantiles of observed values in normalised "
+           "units (real / synthetic).", ""]
+  qh = " | ".join(f"q{int(round(q * 100)):02d} r/s" for q in QUANTILES)
+  for c, d in diag.items():
+    lines += [f"### class {c}", "",
+              "| channel | pooled r | pooled s | between r | between s | within r | within s | "
+              + qh + " |", "|---" * (7 + len(QUANTILES)) + "|"]
+    for i, ch in enumerate(names):
+      r, s = d["real"], d["syn"]
+      q = " | ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(d["real_q_norm"][i], d["syn_q_norm"][i]))
+      lines.append(f"| {ch} | {r['pooled'][i]:.2f} | {s['pooled'][i]:.2f} | {r['between'][i]:.2f} "
+                   f"| {s['between'][i]:.2f} | {r['within'][i]:.2f} | {s['within'][i]:.2f} | "
+                   f"{q} |")
+    lines.append("")
+  return lines
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workdir", required=True)
   ap.add_argument("--tag", default="")
   ap.add_argument("--method", default="unguided")
+  ap.add_argument("--sample", action="store_true",
+                  help="Draw a fresh unguided set from the workdir's model (see the docstring).")
+  ap.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
+  ap.add_argument("--num_steps", type=int, default=None, help="DDIM steps (ddpm uses all T).")
+  ap.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
+  ap.add_argument("--cfg_scale", type=float, default=None, help="Classifier-free scale.")
+  ap.add_argument("--clip_x0", type=float, default=None, help="Clip x0_hat to [-c, c]; 0 = off.")
+  ap.add_argument("--key_offset", type=int, default=0,
+                  help="Fold this into the sampling key (0 = the pipeline's unguided key).")
+  ap.add_argument("--diagnose", action="store_true",
+                  help="Add the std decomposition and normalised quantiles.")
   args = ap.parse_args()
   cfg = json.load(open(os.path.join(args.workdir, "config.json")))
   data = prepare_data(DataConfig(**cfg["data"]))
   raw = data.raw.train
-  with np.load(os.path.join(args.workdir, "synthetic", f"{args.method}.npz"),
-               allow_pickle=False) as z:
-    xs, ys = z["x"], z["y"]
+  overrides = {k: getattr(args, k) for k in ("sampler", "num_steps", "eta", "cfg_scale",
+                                             "clip_x0")}
+  sampled = args.sample or args.key_offset != 0 or any(v is not None for v in overrides.values())
+  sampling_info = None
+  if sampled:
+    if args.method != "unguided":
+      raise SystemExit("--sample and the sampler overrides only apply to --method=unguided.")
+    xs, ys, seconds = draw_samples(args.workdir, cfg, overrides, args.key_offset)
+    sampling = dict(cfg["sampling"])
+    sampling.update({k: v for k, v in overrides.items() if v is not None})
+    sampling_info = {"sampling": sampling, "key_offset": args.key_offset, "seconds": seconds}
+  else:
+    with np.load(os.path.join(args.workdir, "synthetic", f"{args.method}.npz"),
+                 allow_pickle=False) as z:
+      xs, ys = z["x"], z["y"]
   names = list(raw.channel_names)
   table, n_pass, n_cells = {}, 0, 0
   for c in range(raw.num_classes):
@@ -74,12 +191,23 @@ def main() -> None:
   res = {"workdir": os.path.abspath(args.workdir), "method": args.method, "tolerance": TOL,
          "cells_within_tolerance": n_pass, "cells": n_cells, "per_class": table,
          "class_conditioning": cond}
+  if sampling_info is not None:
+    res["fresh_samples"] = sampling_info
+  diag = diagnose(raw, xs, ys, data.normalizer) if args.diagnose else None
+  if diag is not None:
+    res["diagnostics"] = diag
   tag = f"_{args.tag}" if args.tag else ""
   out = os.path.join(ROOT, "benchmarks", "results", f"diffusion_fidelity{tag}")
   tio.write_json(out + ".json", res)
   lines = [f"# Unguided samples vs real train ({args.method}), per class and channel", "",
            f"Workdir `{args.workdir}`; relative difference |syn - real| / |real| in clinical "
            f"units, observed real values only. Within {TOL:.0%}: {n_pass}/{n_cells} cells.", ""]
+  if sampling_info is not None:
+    sp = sampling_info["sampling"]
+    lines += [f"Fresh samples from the workdir's model: sampler={sp['sampler']}, "
+              f"num_steps={sp['num_steps']}, eta={sp['eta']}, cfg_scale={sp['cfg_scale']}, "
+              f"clip_x0={sp['clip_x0']}, key_offset={args.key_offset} "
+              f"({sampling_info['seconds']:.1f}s).", ""]
   for c, t in table.items():
     lines += [f"## class {c} ({t['class_name']}): {t['n_real']} real, {t['n_syn']} synthetic", "",
               "| channel | mean real | mean syn | rel | std real | std syn | rel | acf1 real | "
@@ -95,6 +223,8 @@ def main() -> None:
             f"{cond['mean_p1_class1']:.3f} vs class-0 samples {cond['mean_p1_class0']:.3f}; "
             f"predicted positive (top-prevalence threshold) {cond['frac_pred1_class1']:.1%} vs "
             f"{cond['frac_pred1_class0']:.1%}.", ""]
+  if diag is not None:
+    lines += diagnose_lines(diag, names)
   tio.write_text(out + ".md", "\n".join(lines))
   print("\n".join(lines))
 

@@ -48,6 +48,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.unet.num_res_blocks = 1  # Residual blocks per level.
   c.unet.attention_resolutions = (2,)  # Downsampling factors with self-attention.
   c.unet.num_heads = 4  # Attention heads.
+  # GroupNorm groups (gcd with each width). 32 (the reference) at 32 channels normalises each
+  # feature alone over time and erases a stay's level: samples were 13-51% under-dispersed;
+  # 8 groups fixed 8 of the 11 failing std cells (benchmarks/results/diffusion_fidelity_gn8_1k.md).
+  c.unet.norm_groups = 8
   c.unet.dropout = 0.0  # Dropout inside residual blocks.
   c.unet.label_dropout = 0.1  # Probability of the null label in training (classifier-free).
 
@@ -137,6 +141,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.unet.num_res_blocks = 2
     c.unet.attention_resolutions = (1, 2, 4)
     c.unet.num_heads = 8
+    c.unet.norm_groups = 32  # The reference's GroupNorm32 (2 channels per group at 64).
     c.classifier.model = "gru"
     c.classifier.gru.hidden = 256
     c.classifier.timesnet.d_model = 32  # SPECS 5 sizes.

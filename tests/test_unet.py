@@ -110,7 +110,7 @@ def test_paper_config_param_count():
 @pytest.mark.parametrize("kwargs", [
     dict(base_channels=0), dict(channel_mult=()), dict(num_res_blocks=0),
     dict(attention_resolutions=(3,)), dict(num_heads=3), dict(dropout=1.0),
-    dict(label_dropout=1.5)])
+    dict(label_dropout=1.5), dict(norm_groups=0)])
 def test_bad_hyper_parameters(kwargs):
   with pytest.raises(ValueError):
     UNetConfig(**kwargs)
@@ -126,3 +126,24 @@ def test_from_config():
   c = mod.get_config("paper")
   cfg = UNetConfig.from_config(c.unet, 2)
   assert cfg.channel_mult == (1, 2, 4, 4) and cfg.num_heads == 8 and cfg.num_classes == 2
+  assert cfg.norm_groups == 32  # The reference's GroupNorm32 (2 channels per group at 64).
+  assert UNetConfig.from_config(mod.get_config().unet, 2).norm_groups == 8
+
+
+def test_norm_groups_keep_a_stays_level():
+  """With one channel per group (norm_groups = width) GroupNorm removes each feature's mean over
+  time, so the block output cannot see a per-stay offset of its input; with fewer groups it can."""
+  from tardiff_jax.models.unet1d import _norm  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 24, 8))
+  shifted = x.at[..., 0].add(3.0)  # One feature's level moves, its shape over time does not.
+  for groups, sees_level in ((8, False), (2, True)):
+    norm = _norm(8, "n", groups)
+    params = norm.init(jax.random.PRNGKey(1), x)
+    diff = float(jnp.max(jnp.abs(norm.apply(params, x) - norm.apply(params, shifted))))
+    assert (diff > 1e-2) == sees_level, (groups, diff)
+  # Same parameter shapes whatever the grouping (checkpoints store the grouping in the config).
+  a = jax.eval_shape(lambda k: init_params(TINY, k, 24, 3), jax.random.PRNGKey(0))
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  b = jax.eval_shape(lambda k: init_params(dataclasses.replace(TINY, norm_groups=2), k, 24, 3),
+                     jax.random.PRNGKey(0))
+  assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)

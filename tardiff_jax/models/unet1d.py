@@ -42,6 +42,11 @@ class UNetConfig:
   dropout: float = 0.0
   num_classes: int = 2
   label_dropout: float = 0.1
+  # GroupNorm groups (at most; gcd with the width). 32 is the reference's GroupNorm32, but with
+  # 32 channels that is one channel per group: every feature is normalised over time on its own,
+  # which deletes each stay's level from every residual branch and leaves samples
+  # under-dispersed between stays (benchmarks/results/diffusion_fidelity_gn8_1k.md).
+  norm_groups: int = 32
 
   def __post_init__(self):
     object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -62,6 +67,8 @@ class UNetConfig:
       raise ValueError(f"unet.label_dropout must be in [0, 1], got {self.label_dropout}.")
     if self.num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
+    if self.norm_groups < 1:
+      raise ValueError(f"unet.norm_groups must be >= 1, got {self.norm_groups}.")
     factors = [2 ** i for i in range(len(self.channel_mult))]
     for r in self.attention_resolutions:
       if r not in factors:
@@ -89,7 +96,8 @@ class UNetConfig:
         num_heads=int(get("num_heads", defaults.num_heads)),
         dropout=float(get("dropout", defaults.dropout)),
         num_classes=int(num_classes),
-        label_dropout=float(get("label_dropout", defaults.label_dropout)))
+        label_dropout=float(get("label_dropout", defaults.label_dropout)),
+        norm_groups=int(get("norm_groups", defaults.norm_groups)))
 
   def to_dict(self) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -111,13 +119,14 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
   return emb
 
 
-def _groups(channels: int) -> int:
-  """GroupNorm groups: 32 as the reference (GroupNorm32) when possible, else the largest divisor."""
-  return math.gcd(32, channels)
+def _groups(channels: int, max_groups: int = 32) -> int:
+  """GroupNorm groups: `max_groups` (32 = the reference's GroupNorm32) when it divides the width,
+  else the largest common divisor."""
+  return math.gcd(max_groups, channels)
 
 
-def _norm(channels: int, name: str | None = None) -> nn.GroupNorm:
-  return nn.GroupNorm(num_groups=_groups(channels), epsilon=1e-5, name=name)
+def _norm(channels: int, name: str | None = None, max_groups: int = 32) -> nn.GroupNorm:
+  return nn.GroupNorm(num_groups=_groups(channels, max_groups), epsilon=1e-5, name=name)
 
 
 def _conv(features: int, kernel: int, name: str | None = None, zero: bool = False) -> nn.Conv:
@@ -142,11 +151,12 @@ class ResBlock(nn.Module):
   out_channels: int
   dropout: float = 0.0
   resample: str | None = None  # None, "down" or "up".
+  norm_groups: int = 32
 
   @nn.compact
   def __call__(self, x: Array, emb: Array, train: bool) -> Array:
     c_in = x.shape[-1]
-    h = nn.silu(_norm(c_in, "in_norm")(x))
+    h = nn.silu(_norm(c_in, "in_norm", self.norm_groups)(x))
     if self.resample == "down":
       h, x = _down(h), _down(x)
     elif self.resample == "up":
@@ -154,7 +164,7 @@ class ResBlock(nn.Module):
     h = _conv(self.out_channels, 3, "in_conv")(h)
     scale_shift = nn.Dense(2 * self.out_channels, name="emb_proj")(nn.silu(emb))[:, None, :]
     scale, shift = jnp.split(scale_shift, 2, axis=-1)
-    h = _norm(self.out_channels, "out_norm")(h) * (1.0 + scale) + shift
+    h = _norm(self.out_channels, "out_norm", self.norm_groups)(h) * (1.0 + scale) + shift
     h = nn.silu(h)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = _conv(self.out_channels, 3, "out_conv", zero=True)(h)
@@ -167,12 +177,13 @@ class AttentionBlock(nn.Module):
   """Multi-head self-attention over time with a residual connection (zero-initialised output)."""
 
   num_heads: int
+  norm_groups: int = 32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     b, t, c = x.shape
     d = c // self.num_heads
-    qkv = nn.Dense(3 * c, name="qkv")(_norm(c, "norm")(x))
+    qkv = nn.Dense(3 * c, name="qkv")(_norm(c, "norm", self.norm_groups)(x))
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.num_heads, d), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # [B, T, H, D]
     logits = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(jnp.float32(d))
@@ -212,38 +223,40 @@ class UNet1D(nn.Module):
     padded = -(-length // mult) * mult
     h = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0))) if padded != length else x
 
+    res_block = functools.partial(ResBlock, dropout=cfg.dropout, norm_groups=cfg.norm_groups)
+    attention = functools.partial(AttentionBlock, cfg.num_heads, cfg.norm_groups)
     h = _conv(cfg.base_channels, 3, "in_conv")(h)
     skips = [h]
     ds = 1
     for level, m in enumerate(cfg.channel_mult):
       for i in range(cfg.num_res_blocks):
-        h = ResBlock(cfg.base_channels * m, cfg.dropout, name=f"down_{level}_res_{i}")(h, emb, train)
+        h = res_block(cfg.base_channels * m, name=f"down_{level}_res_{i}")(h, emb, train)
         if ds in cfg.attention_resolutions:
-          h = AttentionBlock(cfg.num_heads, name=f"down_{level}_attn_{i}")(h)
+          h = attention(name=f"down_{level}_attn_{i}")(h)
         skips.append(h)
       if level != len(cfg.channel_mult) - 1:
-        h = ResBlock(h.shape[-1], cfg.dropout, resample="down", name=f"down_{level}_resample")(
+        h = res_block(h.shape[-1], resample="down", name=f"down_{level}_resample")(
             h, emb, train)
         skips.append(h)
         ds *= 2
 
-    h = ResBlock(h.shape[-1], cfg.dropout, name="mid_res_0")(h, emb, train)
-    h = AttentionBlock(cfg.num_heads, name="mid_attn")(h)
-    h = ResBlock(h.shape[-1], cfg.dropout, name="mid_res_1")(h, emb, train)
+    h = res_block(h.shape[-1], name="mid_res_0")(h, emb, train)
+    h = attention(name="mid_attn")(h)
+    h = res_block(h.shape[-1], name="mid_res_1")(h, emb, train)
 
     for level in reversed(range(len(cfg.channel_mult))):
       m = cfg.channel_mult[level]
       for i in range(cfg.num_res_blocks + 1):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = ResBlock(cfg.base_channels * m, cfg.dropout, name=f"up_{level}_res_{i}")(h, emb, train)
+        h = res_block(cfg.base_channels * m, name=f"up_{level}_res_{i}")(h, emb, train)
         if ds in cfg.attention_resolutions:
-          h = AttentionBlock(cfg.num_heads, name=f"up_{level}_attn_{i}")(h)
+          h = attention(name=f"up_{level}_attn_{i}")(h)
       if level != 0:
-        h = ResBlock(h.shape[-1], cfg.dropout, resample="up", name=f"up_{level}_resample")(
+        h = res_block(h.shape[-1], resample="up", name=f"up_{level}_resample")(
             h, emb, train)
         ds //= 2
 
-    h = nn.silu(_norm(h.shape[-1], "out_norm")(h))
+    h = nn.silu(_norm(h.shape[-1], "out_norm", cfg.norm_groups)(h))
     h = _conv(c_in, 3, "out_conv", zero=True)(h)
     return h[:, :length, :]
 
