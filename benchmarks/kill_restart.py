@@ -1,11 +1,13 @@
 """Issue 6 acceptance: a killed-then-restarted pipeline ends with the same report.
 
   python benchmarks/kill_restart.py [--config tiny] [--kill-after 60,150] [--out DIR]
+                                    [--reference DIR_A] [--tag NAME]
 
-Runs the pipeline once uninterrupted (workdir A), then in workdir B starts it, SIGKILLs it after
-each `--kill-after` delay (seconds since that start), and finally lets it finish. Compares
-report.json of A and B (everything but `timing` and the evaluation seconds) and writes
-benchmarks/results/kill_restart.json.
+Runs the pipeline once uninterrupted (workdir A; or takes an existing finished workdir of the
+same config with --reference), then in workdir B starts it, SIGKILLs it after each
+`--kill-after` delay (seconds since that start), and finally lets it finish. Compares
+report.json of A and B (everything but wall-clock fields) and writes
+benchmarks/results/kill_restart{_TAG}.json, listing any differing report paths.
 """
 
 from __future__ import annotations
@@ -39,19 +41,42 @@ def _strip(obj):
   return obj
 
 
+def _diff(a, b, path="") -> list[str]:
+  """Paths where two JSON trees differ (value pairs shown for leaves)."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      if k not in a or k not in b:
+        out.append(f"{path}/{k}: only in {'B' if k not in a else 'A'}")
+      else:
+        out += _diff(a[k], b[k], f"{path}/{k}")
+    return out
+  if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    return [d for i, (x, y) in enumerate(zip(a, b)) for d in _diff(x, y, f"{path}[{i}]")]
+  return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--config", default="tiny")
   ap.add_argument("--kill-after", default="60,150")
   ap.add_argument("--out", default="/tmp/tardiff_kill_restart")
+  ap.add_argument("--reference", default="", help="finished uninterrupted workdir to compare")
+  ap.add_argument("--tag", default="")
   args = ap.parse_args()
   a, b = os.path.join(args.out, "A"), os.path.join(args.out, "B")
   shutil.rmtree(args.out, ignore_errors=True)
   env = dict(os.environ, TARDIFF_QUIET="1")
-  t0 = time.perf_counter()
-  subprocess.run(_cmd(args.config, a), check=True, env=env, cwd=ROOT,
-                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  t_a = time.perf_counter() - t0
+  t_a = None
+  if args.reference:
+    a = os.path.abspath(args.reference)
+    if not os.path.exists(os.path.join(a, "report.json")):
+      sys.exit(f"--reference {a} has no report.json; run the pipeline there first.")
+  else:
+    t0 = time.perf_counter()
+    subprocess.run(_cmd(args.config, a), check=True, env=env, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t_a = time.perf_counter() - t0
   kills = []
   for delay in (float(d) for d in args.kill_after.split(",") if d):
     p = subprocess.Popen(_cmd(args.config, b), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -71,9 +96,11 @@ def main() -> None:
   t_b = time.perf_counter() - t0
   ra, rb = (_strip(json.load(open(os.path.join(d, "report.json")))) for d in (a, b))
   same = json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
-  res = {"config": args.config, "kills": kills, "uninterrupted_s": t_a,
-         "final_restart_s": t_b, "reports_equal_except_timing": same}
-  tio.write_json(os.path.join(ROOT, "benchmarks", "results", "kill_restart.json"), res)
+  res = {"config": args.config, "reference": a, "kills": kills, "uninterrupted_s": t_a,
+         "final_restart_s": t_b, "reports_equal_except_timing": same,
+         "differences": _diff(ra, rb)[:50]}
+  name = "kill_restart" + (f"_{args.tag}" if args.tag else "") + ".json"
+  tio.write_json(os.path.join(ROOT, "benchmarks", "results", name), res)
   print(json.dumps(res, indent=2))
   if not same:
     sys.exit(1)

@@ -58,6 +58,7 @@ STAGES = ("data", "train_diffusion", "train_classifier", "cache_guidance", "sele
 DIFFUSION_METHODS = ("unguided", "tardiff", "classifier", "batch")
 BASELINE_METHODS = ("oversample", "augment")
 ALL_METHODS = DIFFUSION_METHODS + BASELINE_METHODS
+SPECS_TIMESNET = (32, 64, 2, 6)  # SPECS 5: d_model, d_ff, e_layers, num_kernels.
 
 
 def log(msg: str) -> None:
@@ -629,6 +630,19 @@ def stage_evaluate(run: Run) -> dict[str, Any]:
     notes.append(f"TSRTR ratios trimmed to {list(alphas)} (paper: 0.2..1.0).")
   if int(ecfg.num_seeds) < 3:
     notes.append(f"{int(ecfg.num_seeds)} seeds per setting (issue asks for >= 3).")
+  tn = run.config.classifier.timesnet
+  sizes = (int(tn.d_model), int(tn.d_ff), int(tn.e_layers), int(tn.num_kernels))
+  if str(ecfg.downstream) == "timesnet" and sizes != SPECS_TIMESNET:
+    notes.append("Downstream TimesNet is smaller than SPECS 5 (d_model, d_ff, e_layers, "
+                 f"num_kernels = {sizes}, SPECS {SPECS_TIMESNET}) to fit the CPU budget; "
+                 "`configs/default.py:paper` uses the SPECS sizes.")
+  if int(fcfg.fidelity_repeats) < 5:
+    notes.append(f"Discriminative score over {int(fcfg.fidelity_repeats)} repeats (SPECS 6: 5).")
+  notes.append(f"Every protocol model runs epochs of {epoch_size(run)} minibatch positions "
+               "(the largest TSRTR set); smaller sets (TSTR, low alpha) cycle through their "
+               "rows within an epoch. Early stopping on validation AUPRC, patience "
+               f"{int(run.config.train_classifier.patience)}, at most "
+               f"{int(run.config.train_classifier.max_epochs)} epochs.")
   extras["notes"] = notes
   rep = report.build_report(
       dataset_info=_dataset_info(d), methods=["real", *methods], tstr=tstr, tsrtr=tsrtr,
