@@ -87,6 +87,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--classifier", default="", choices=("", "timesnet", "gru"),
                   help="Override the config's guidance classifier (TimesNet is slow on a CPU).")
   ap.add_argument("--tag", default="")
+  ap.add_argument("--cache_batch", type=int, default=0,
+                  help="guidance examples per cache batch (0 = the config's cache_batch_size)")
+  ap.add_argument("--cache_only", action="store_true", help="time the cache build only")
   args = ap.parse_args(argv)
   cfg = _load_config(args.config)
   if args.classifier:
@@ -111,7 +114,7 @@ def main(argv=None) -> dict:
   res["matmul_flops_per_s"] = matmul_peak()
   print(f"matmul peak {res['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s", flush=True)
 
-  bs = int(cfg.guidance.cache_batch_size)
+  bs = args.cache_batch or int(cfg.guidance.cache_batch_size)
   t0 = time.perf_counter()
   cache = build_guidance_cache(clf.loss_fn, cparams, x, y, batch_size=bs)
   first = time.perf_counter() - t0
@@ -120,6 +123,14 @@ def main(argv=None) -> dict:
   warm = time.perf_counter() - t0
   res["cache"] = {"n": args.cache_n, "batch_size": bs, "first_s": first, "warm_s": warm}
   print(f"cache {args.cache_n}: first {first:.2f}s warm {warm:.2f}s", flush=True)
+  if args.cache_only:
+    t0 = time.perf_counter()
+    build_guidance_cache(clf.loss_fn, cparams, x, y, batch_size=bs)
+    res["cache"]["warm2_s"] = time.perf_counter() - t0
+    tag = args.tag or f"cache_{args.config}_{ccfg.model}_b{bs}"
+    tio.write_json(os.path.join(HERE, "results", f"bench_guidance_{tag}.json"), res)
+    print(f"cache {args.cache_n} (batch {bs}): warm {warm:.2f}s / {res['cache']['warm2_s']:.2f}s")
+    return res
 
   sconfig = SamplerConfig("ddim", args.steps, eta=1.0)
   ys = jnp.asarray(np.arange(args.batch) % K, jnp.int32)
