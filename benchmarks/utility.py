@@ -92,7 +92,7 @@ def _verdict(diffs: list[float]) -> str:
     return "wins"
   if np.all(d < 0):
     return "loses"
-  return "ties (mixed signs)"
+  return "ties (mixed signs or no difference)"
 
 
 def verdicts(agg: dict) -> list[dict]:
@@ -154,7 +154,7 @@ def markdown(agg: dict, command: str) -> str:
     lines += ["", "## Notes from the reports", ""] + [f"- {n}" for n in agg["notes"]]
   if agg["verdicts"]:
     lines += ["", "## TarDiff, paired by data seed (wins = better on every seed, loses = worse "
-              "on every seed, ties = mixed)", "",
+              "on every seed, ties = otherwise; a seed whose selected w is 0 gives TarDiff = unguided)", "",
               "| alpha | metric | TarDiff vs | mean diff | per seed | verdict |",
               "|---|---|---|---|---|---|"]
     for v in agg["verdicts"]:
