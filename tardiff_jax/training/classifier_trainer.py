@@ -11,8 +11,12 @@ and its best parameters are kept.
 Honesty: the functions here take training and validation arrays only; test data never enters
 (the threshold and the stopping epoch are chosen on validation).
 
-Static shapes: minibatches have a fixed size `min(batch_size, N)`; the last minibatch of an
-epoch is padded with zero-weight examples, so one compile serves every epoch.
+Members may train on different row subsets of one pool (`subsets`, e.g. every TSTR / TSRTR set
+of a method); an epoch is `epoch_size` minibatch positions for every member (default: the
+largest subset), smaller subsets cycling through fresh permutations of their rows.
+
+Static shapes: minibatches have a fixed size `min(batch_size, epoch_size)`; the last minibatch
+of an epoch is padded with zero-weight examples, so one compile serves every epoch.
 """
 
 from __future__ import annotations
