@@ -67,6 +67,24 @@ def test_marginal_stats_closed_form():
     fidelity.marginal_stats(real, real[..., :1])
 
 
+def test_acf1_unbiased_by_missing_values():
+  # AR(1), phi = 0.7, T = 24 (the simulator's length); 40% of values missing at random. The
+  # pairwise estimator on the gappy series must agree with the complete series; dividing by the
+  # variance of all observed values would give about 0.6 x the complete value.
+  rng = np.random.default_rng(5)
+  n, t, phi = 3000, 24, 0.7
+  x = np.zeros((n, t, 1))
+  x[:, 0, 0] = rng.normal(size=n) / np.sqrt(1 - phi ** 2)
+  for i in range(1, t):
+    x[:, i, 0] = phi * x[:, i - 1, 0] + rng.normal(size=n)
+  mask = rng.random(x.shape) >= 0.4
+  m = fidelity.marginal_stats(x, x, mask=mask)
+  full = m["syn_acf1"][0]
+  assert 0.55 < full < 0.7, full  # mean removal over 24 steps lowers it a little below phi
+  assert m["real_acf1"][0] == pytest.approx(full, abs=0.03)
+  assert m["real_std"][0] == pytest.approx(m["syn_std"][0], rel=0.02)
+
+
 def test_bad_inputs(real):
   with pytest.raises(ValueError, match="repeats"):
     fidelity.discriminative_score(real, real, seed=0, repeats=0)

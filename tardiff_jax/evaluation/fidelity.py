@@ -226,16 +226,22 @@ def predictive_score(x_train_source: np.ndarray, x_test_real: np.ndarray, seed: 
 
 
 def _channel_stats(x: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, ...]:
-  """Per-channel mean, std and pooled within-series lag-1 autocorrelation. x: [N, T, C]."""
+  """Per-channel mean, std and pooled within-series lag-1 autocorrelation. x: [N, T, C].
+
+  The autocorrelation is the pairwise (missing-data) estimator: numerator and both variance
+  terms sum over the same lag-1 pairs whose two values are observed. Dividing the sum over
+  observed pairs by the variance of *all* observed values instead would shrink it by about the
+  fraction of observed values whose successor is observed (0.64 at 36% missing), so real data
+  with gaps and complete synthetic series would not be comparable.
+  """
   xo = np.where(observed, x, np.nan).astype(np.float64)
   with np.errstate(invalid="ignore", divide="ignore"):
     mean = np.nanmean(xo, axis=(0, 1))
     std = np.nanstd(xo, axis=(0, 1))
     d = xo - np.nanmean(xo, axis=1, keepdims=True)  # remove each series' own level
     both = np.isfinite(d[:, 1:]) & np.isfinite(d[:, :-1])
-    num = np.where(both, d[:, 1:] * d[:, :-1], 0.0).sum(axis=(0, 1))
-    den = np.where(np.isfinite(d), d * d, 0.0).sum(axis=(0, 1))
-    acf = num / den
+    a, b = np.where(both, d[:, :-1], 0.0), np.where(both, d[:, 1:], 0.0)
+    acf = (a * b).sum(axis=(0, 1)) / np.sqrt((a * a).sum(axis=(0, 1)) * (b * b).sum(axis=(0, 1)))
   return mean, std, acf
 
 
@@ -244,7 +250,8 @@ def marginal_stats(x_real: np.ndarray, x_syn: np.ndarray, mask: np.ndarray | Non
   """Per-channel marginal and autocorrelation comparison (same units for both).
 
   Statistics pool all observed values (mask True and finite; NaN = missing when no mask).
-  Lag-1 autocorrelation removes each series' own mean first (within-stay dynamics).
+  Lag-1 autocorrelation removes each series' own mean first (within-stay dynamics) and sums over
+  lag-1 pairs with both values observed (see `_channel_stats`), so gaps do not bias it.
   Differences: `mean_diff_sd` = (mean_syn - mean_real) / std_real (a standardised mean
   difference, since relative differences of near-zero means are meaningless),
   `std_rel_diff` = (std_syn - std_real) / std_real, `acf_diff` = acf_syn - acf_real.
