@@ -169,7 +169,7 @@ def stage_train_diffusion(run: Run):
                            num_classes=run.num_classes, normalizer=run.data.normalizer.to_dict(),
                            seed=run.seed, quiet=run.quiet)
   seconds = time.perf_counter() - t0
-  if run.stage_record("train_diffusion") is None or result.train_time_s > 1.0:
+  if run.stage_record("train_diffusion") is None or result.trained_steps > 0:
     run.record_stage("train_diffusion", seconds, step=result.step)
   run._diffusion = (result.apply_fn, result.ema_params)
   return run._diffusion

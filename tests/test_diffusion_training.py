@@ -62,9 +62,9 @@ def test_loss_falls_and_metrics_written(runs):
 
 
 def test_resume_is_bit_identical(runs):
-  assert runs["stopped"].step == 20
+  assert runs["stopped"].step == 20 and runs["stopped"].trained_steps == 20
   full, resumed = runs["full"], runs["resumed"]
-  assert resumed.step == 40
+  assert resumed.step == 40 and resumed.trained_steps == 20 and full.trained_steps == 40
   for a, b in ((full.params, resumed.params), (full.ema_params, resumed.ema_params)):
     for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
       np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
@@ -90,7 +90,7 @@ def test_checkpoint_round_trip_and_load(runs):
 def test_finished_run_returns_immediately(runs):
   again = train_diffusion(CONFIG, runs["x"], runs["y"], runs["mask"], runs["full_dir"],
                           normalizer=NORM, seed=3, quiet=True)
-  assert again.step == 40
+  assert again.step == 40 and again.trained_steps == 0
   n_lines = len(tio.read_jsonl(os.path.join(runs["full_dir"], "metrics.jsonl")))
   assert n_lines == 4  # Nothing was trained or logged again.
   for la, lb in zip(jax.tree_util.tree_leaves(runs["full"].params),

@@ -91,6 +91,7 @@ class DiffusionTrainResult:
   meta: dict[str, Any]
   train_time_s: float
   checkpoint_dir: str
+  trained_steps: int = 0  # Optimiser steps run by this call (0 when a finished run was reloaded).
 
 
 @functools.lru_cache(maxsize=16)
@@ -288,7 +289,8 @@ def train_diffusion(config: Any, x_train: np.ndarray, y_train: np.ndarray,
   eps_apply = as_eps_model(apply_fn, diff_cfg.make_schedule(), diff_cfg.prediction)  # eps out.
   return DiffusionTrainResult(module=module, apply_fn=eps_apply, params=state["params"],
                               ema_params=state["ema_params"], step=int(state["step"]), meta=meta,
-                              train_time_s=time.perf_counter() - t0, checkpoint_dir=ckpt_dir)
+                              train_time_s=time.perf_counter() - t0, checkpoint_dir=ckpt_dir,
+                              trained_steps=max(0, total - start))
 
 
 def _check_compatible(saved: dict[str, Any], meta: dict[str, Any]) -> None:
