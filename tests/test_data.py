@@ -14,6 +14,7 @@ from tardiff_jax.data import (
     DataConfig,
     DataError,
     Dataset,
+    interpolate_missing,
     Splits,
     load_dataset,
     make_normalizer,
@@ -377,6 +378,24 @@ def test_normalizer_errors(ds):
 
 
 # ------------------------------------------------------------------------------ data stage
+def test_interpolate_missing_closed_form():
+  nan = np.nan
+  x = np.array([[1.0, nan, 3.0, nan, nan], [nan, 2.0, nan, nan, 8.0], [nan] * 5,
+                [nan, nan, 5.0, nan, nan]], np.float32)[..., None]  # [4 stays, T=5, C=1]
+  out = interpolate_missing(x, np.isfinite(x))
+  np.testing.assert_allclose(out[..., 0], [[1, 2, 3, 3, 3], [2, 2, 4, 6, 8], [0] * 5, [5] * 5])
+  assert out.dtype == np.float32
+  # Channels are independent; a mask hides observed values too.
+  x2 = np.stack([x[1, :, 0], x[0, :, 0]], axis=-1)[None]
+  m2 = np.isfinite(x2)
+  m2[0, 1, 0] = False  # hide the 2.0: channel 0 holds its only other observation, 8.0
+  out2 = interpolate_missing(x2, m2)
+  np.testing.assert_allclose(out2[0, :, 0], [8, 8, 8, 8, 8])
+  np.testing.assert_allclose(out2[0, :, 1], [1, 2, 3, 3, 3])
+  with pytest.raises(ValueError, match="one shape"):
+    interpolate_missing(x, np.isfinite(x)[:2])
+
+
 def test_data_config_validation():
   DataConfig.from_config({"source": "simulator", "num_stays": 100})
   with pytest.raises(ValueError, match="Unknown data config fields"):

@@ -111,3 +111,5 @@ def test_bad_train_config():
     DiffusionTrainConfig(batch_size=0)
   with pytest.raises(ValueError, match="lr_schedule"):
     DiffusionTrainConfig(lr_schedule="linear")
+  with pytest.raises(ValueError, match="fill"):
+    DiffusionTrainConfig(fill="mean")

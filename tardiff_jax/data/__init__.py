@@ -6,6 +6,7 @@ from tardiff_jax.data.loaders import load_dataset
 from tardiff_jax.data.normalizers import KINDS as NORMALIZER_KINDS
 from tardiff_jax.data.normalizers import (
     Normalizer,
+    interpolate_missing,
     make_normalizer,
     normalize_dataset,
     normalizer_from_dict,
@@ -22,7 +23,7 @@ from tardiff_jax.data.splits import split_guidance, stratified_split, stratified
 
 __all__ = [
     "CHANNEL_NAMES", "CHANNEL_UNITS", "DataConfig", "DataError", "Dataset", "NORMALIZER_KINDS",
-    "Normalizer", "PreparedData", "SUBTYPE_NAMES", "Simulation", "Splits", "load_dataset",
+    "Normalizer", "PreparedData", "SUBTYPE_NAMES", "Simulation", "Splits", "interpolate_missing", "load_dataset",
     "make_normalizer", "normalize_dataset", "normalizer_from_dict", "prepare_data",
     "simulate_icu", "split_guidance", "stratified_split", "stratified_split_indices",
 ]

@@ -20,6 +20,31 @@ from tardiff_jax.data.dataset import DataError, Dataset
 KINDS = ("zscore", "minmax", "pit")
 
 
+def interpolate_missing(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """Fills unobserved entries of `x[..., T, C]` by linear interpolation along time.
+
+  Each series (one stay, one channel) is interpolated between its nearest observed neighbours;
+  before its first / after its last observation it holds that observation; a series with no
+  observation becomes 0 (the normalised fill). Observed entries are returned unchanged.
+  """
+  x, mask = np.asarray(x), np.asarray(mask, bool)
+  if x.ndim < 2 or mask.shape != x.shape:
+    raise ValueError(f"x [..., T, C] and mask must have one shape, got {x.shape}, {mask.shape}.")
+  mask = mask & np.isfinite(x)
+  t = x.shape[-2]
+  idx = np.arange(t).reshape((t, 1))
+  prev = np.maximum.accumulate(np.where(mask, idx, -1), axis=-2)
+  nxt = np.flip(np.minimum.accumulate(np.flip(np.where(mask, idx, t), axis=-2), axis=-2), axis=-2)
+  xv = np.where(mask, x, 0.0).astype(np.float64)
+  xp = np.take_along_axis(xv, np.clip(prev, 0, t - 1), axis=-2)
+  xn = np.take_along_axis(xv, np.clip(nxt, 0, t - 1), axis=-2)
+  has_p, has_n = prev >= 0, nxt < t
+  w = (idx - prev) / np.maximum(nxt - prev, 1)
+  filled = np.where(has_p & has_n, xp + (xn - xp) * w,
+                    np.where(has_p, xp, np.where(has_n, xn, 0.0)))
+  return np.where(mask, x, filled).astype(x.dtype)
+
+
 class Normalizer:
   """Base class: `fit(ds) -> self`, `transform(x, mask=None)`, `inverse(x)`, `to_dict()`."""
   kind = ""

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tardiff_jax.data.normalizers import interpolate_missing
 from tardiff_jax.diffusion import DiffusionConfig
 from tardiff_jax.diffusion import as_eps_model
 from tardiff_jax.diffusion import eps_loss
@@ -37,6 +38,12 @@ State = dict[str, Any]
 CHECKPOINT_SUBDIR = os.path.join("checkpoints", "diffusion")
 
 
+# How unobserved entries of a training series are filled in the denoiser's input (the loss is
+# masked either way): "zero" = the normalised fill (the channel's train mean for zscore), "interp"
+# = linear interpolation in time between the stay's own observations.
+FILLS = ("zero", "interp")
+
+
 @dataclasses.dataclass(frozen=True)
 class DiffusionTrainConfig:
   """Typed view of `cfg.train_diffusion` (see configs/default.py)."""
@@ -51,6 +58,7 @@ class DiffusionTrainConfig:
   ema_decay: float = 0.999
   checkpoint_every: int = 500
   log_every: int = 50
+  fill: str = "zero"
 
   def __post_init__(self):
     for name in ("batch_size", "num_steps", "checkpoint_every", "log_every"):
@@ -69,6 +77,8 @@ class DiffusionTrainConfig:
       raise ValueError(f"train_diffusion.grad_clip must be > 0, got {self.grad_clip}.")
     if not 0.0 <= self.ema_decay < 1.0:
       raise ValueError(f"train_diffusion.ema_decay must be in [0, 1), got {self.ema_decay}.")
+    if self.fill not in FILLS:
+      raise ValueError(f"train_diffusion.fill must be one of {FILLS}, got {self.fill!r}.")
 
   @classmethod
   def from_config(cls, section: Any) -> DiffusionTrainConfig:
@@ -249,6 +259,8 @@ def train_diffusion(config: Any, x_train: np.ndarray, y_train: np.ndarray,
   if y.min() < 0 or y.max() >= num_classes:
     raise ValueError(f"y_train labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}].")
   unet_cfg, train_cfg, diff_cfg, seed, cfg_dict = _resolve_configs(config, num_classes, seed)
+  if train_cfg.fill == "interp":
+    x = interpolate_missing(x, m)
   n, seq_len, channels = x.shape
   tx = make_optimizer(train_cfg)
   module, apply_fn = make_denoiser(unet_cfg)
@@ -299,6 +311,10 @@ def _check_compatible(saved: dict[str, Any], meta: dict[str, Any]) -> None:
     if saved.get(k) != meta[k]:
       raise ValueError(f"Checkpoint {k}={saved.get(k)!r} does not match this run's {meta[k]!r}; "
                        f"use a fresh workdir.")
+  fill = saved.get("train_diffusion", {}).get("fill", "zero")  # It changes the inputs seen.
+  if fill != meta["train_diffusion"]["fill"]:
+    raise ValueError(f"Checkpoint was trained with train_diffusion.fill={fill!r}, this run asks "
+                     f"for {meta['train_diffusion']['fill']!r}; use a fresh workdir.")
 
 
 def _find_ckpt_dir(path: str) -> str:
