@@ -2,6 +2,7 @@
 
 from tardiff_jax.diffusion.gaussian import (
     alpha_bar_at,
+    analytic_extra_var,
     as_eps_model,
     ddim_invert_step,
     ddim_sigma,
@@ -23,7 +24,8 @@ from tardiff_jax.diffusion.schedules import (
 )
 
 __all__ = [
-    "SCHEDULES", "DiffusionConfig", "Schedule", "alpha_bar_at", "ddim_invert_step", "ddim_sigma",
+    "SCHEDULES", "DiffusionConfig", "Schedule", "alpha_bar_at", "analytic_extra_var",
+    "ddim_invert_step", "ddim_sigma",
     "ddim_step", "ddim_timesteps", "ddpm_step", "eps_from_x0", "eps_loss", "make_schedule",
     "q_sample", "x0_from_eps", "as_eps_model", "eps_from_v", "v_target",
 ]

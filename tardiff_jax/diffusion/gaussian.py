@@ -148,6 +148,26 @@ def ddim_sigma(schedule: Schedule, t: Int[Array, ...], t_prev: Int[Array, ...],
   return eta * jnp.sqrt((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev))
 
 
+def analytic_extra_var(alpha_bar: Array, alpha_bar_prev: Array, sigma: Array,
+                       gamma: Array) -> Array:
+  """Analytic-DPM's correction to the noise variance of a DDIM-family step t -> s (Bao et al.
+  2022, "Analytic-DPM"): the step's mean uses x0_hat = E[x0 | x_t], whose spread is smaller
+  than x0's, so the optimal Gaussian step adds the expected posterior variance of x0 through
+  the mean's x0 coefficient:
+
+    var* = sigma^2 + (sqrt(ab_s (1 - ab_t) / ab_t) - sqrt(1 - ab_s - sigma^2))^2 (1 - gamma),
+
+  with gamma = E ||eps_hat(x_t)||^2 / d (Tweedie: E Cov(x0 | x_t) = (1 - ab_t) / ab_t (1 - gamma)).
+  The same holds per direction of an orthonormal basis (gamma = E (u . eps_hat)^2 along u), which
+  the sampler uses per channel and time frequency. Returns the extra term (>= 0; gamma is clipped
+  to [0, 1]); arguments broadcast.
+  """
+  ab, ab_prev = jnp.asarray(alpha_bar), jnp.asarray(alpha_bar_prev)
+  rest = jnp.sqrt(jnp.maximum(1.0 - ab_prev - jnp.square(sigma), 0.0))
+  coef = jnp.sqrt(ab_prev * (1.0 - ab) / ab) - rest
+  return jnp.square(coef) * (1.0 - jnp.clip(gamma, 0.0, 1.0))
+
+
 def ddim_step(schedule: Schedule, x_t: Array, t: Int[Array, ...], t_prev: Int[Array, ...],
               eps: Array, noise: Array | None, eta: float = 1.0, mean_shift: Array | None = None,
               clip_x0: float | None = None) -> Array:
@@ -156,7 +176,8 @@ def ddim_step(schedule: Schedule, x_t: Array, t: Int[Array, ...], t_prev: Int[Ar
     x_prev = sqrt(ab_prev) x0_hat + sqrt(1 - ab_prev - sigma^2) eps + mean_shift + sigma noise.
 
   eta = 1 is ancestral-like (as the reference code samples), eta = 0 deterministic (`noise` may
-  be None then). With `clip_x0`, x0_hat is clipped and eps recomputed from it.
+  be None then). With `clip_x0`, x0_hat is clipped and eps recomputed from it. With noise=None
+  the step's mean is returned (the sampler adds shaped noise itself for analytic variances).
   """
   ab_prev = _expand(alpha_bar_at(schedule, t_prev), x_t)
   x0 = x0_from_eps(schedule, x_t, t, eps)

@@ -3,16 +3,21 @@
 from tardiff_jax.sampling.generate import class_counts, generate, write_synthetic
 from tardiff_jax.sampling.sampler import (
     SAMPLERS,
+    VARIANCES,
     SamplerConfig,
     SamplerParts,
     StepInfo,
     StepPlan,
+    analytic_extra,
+    dct_matrix,
+    estimate_gamma,
     make_sampler,
     make_sampler_parts,
     sampling_plan,
 )
 
 __all__ = [
-    "SAMPLERS", "SamplerConfig", "SamplerParts", "StepInfo", "StepPlan", "class_counts",
-    "generate", "make_sampler", "make_sampler_parts", "sampling_plan", "write_synthetic",
+    "SAMPLERS", "SamplerConfig", "SamplerParts", "StepInfo", "StepPlan", "VARIANCES",
+    "analytic_extra", "class_counts", "dct_matrix", "estimate_gamma", "generate", "make_sampler",
+    "make_sampler_parts", "sampling_plan", "write_synthetic",
 ]

@@ -22,6 +22,7 @@ from tardiff_jax.diffusion import gaussian
 from tardiff_jax.diffusion.schedules import Schedule, ddim_timesteps
 
 SAMPLERS = ("ddim", "ddpm")
+VARIANCES = ("ddim", "analytic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +32,16 @@ class SamplerConfig:
   sampler: "ddim" (num_steps steps) or "ddpm" (all T steps; num_steps ignored).
   eta: DDIM stochasticity (1 as the reference code, 0 deterministic). cfg_scale: classifier-free
   scale (1 = plain conditional, one model call per step). clip_x0: clip x0_hat to [-c, c] or None.
+  variance: "ddim" (the step's own sigma, as the reference code) or "analytic" (DDIM only: adds
+  Analytic-DPM's estimate of x0's posterior variance, `gaussian.analytic_extra_var`; needs the
+  model's gamma, see `estimate_gamma`). Few-step ancestral DDIM otherwise under-disperses.
   """
   sampler: str = "ddim"
   num_steps: int = 20
   eta: float = 1.0
   cfg_scale: float = 1.0
   clip_x0: float | None = None
+  variance: str = "ddim"
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -50,6 +55,10 @@ class SamplerConfig:
       raise ValueError(f"sampling.cfg_scale must be finite, got {self.cfg_scale}.")
     if self.clip_x0 is not None and not self.clip_x0 > 0:
       raise ValueError(f"sampling.clip_x0 must be > 0 or None, got {self.clip_x0}.")
+    if self.variance not in VARIANCES:
+      raise ValueError(f"sampling.variance must be one of {VARIANCES}, got {self.variance!r}.")
+    if self.variance == "analytic" and self.sampler != "ddim":
+      raise ValueError("sampling.variance='analytic' is implemented for the DDIM sampler only.")
 
   @classmethod
   def from_config(cls, section: Any) -> SamplerConfig:
@@ -59,7 +68,8 @@ class SamplerConfig:
     clip = get("clip_x0", None)
     return cls(sampler=str(get("sampler", d.sampler)), num_steps=int(get("num_steps", d.num_steps)),
                eta=float(get("eta", d.eta)), cfg_scale=float(get("cfg_scale", d.cfg_scale)),
-               clip_x0=float(clip) if clip is not None and clip > 0 else None)
+               clip_x0=float(clip) if clip is not None and clip > 0 else None,
+               variance=str(get("variance", d.variance)))
 
 
 class StepPlan(NamedTuple):
@@ -120,15 +130,62 @@ class SamplerParts(NamedTuple):
   stepper: Callable[..., Callable[[Array, StepPlan], tuple[Array, Array | None]]]
 
 
+def dct_matrix(n: int) -> np.ndarray:
+  """Orthonormal DCT-II matrix float64[n (frequency), n (time)]; row 0 is the time mean."""
+  t = np.arange(n)
+  d = np.sqrt(2.0 / n) * np.cos(np.pi * (t[None, :] + 0.5) * t[:, None] / n)
+  d[0] /= np.sqrt(2.0)
+  return d
+
+
+def analytic_extra(plan: StepPlan, gamma: Any, num_classes: int) -> np.ndarray:
+  """float32[S, K, C', F'] extra noise variance per step, class, channel and time frequency
+  (C' = C or 1; F' = T or 1 = white) from gamma broadcastable to that shape: [S], [S, K, C]
+  (white per channel) or [S, K, C, F] (per DCT frequency, as `estimate_gamma` returns)."""
+  g = np.asarray(gamma, np.float64)
+  s = len(plan.t)
+  if g.ndim == 1:
+    g = g[:, None, None]
+  if g.ndim == 3:
+    g = g[..., None]
+  if g.ndim != 4 or g.shape[0] != s or g.shape[1] not in (1, num_classes):
+    raise ValueError(f"gamma must have shape [S={s}], [S, K={num_classes} or 1, C or 1] or "
+                     f"[S, K, C, F], got {np.shape(gamma)}.")
+  col = lambda a: np.asarray(a, np.float64)[:, None, None, None]
+  extra = gaussian.analytic_extra_var(col(plan.alpha_bar), col(plan.alpha_bar_prev),
+                                      col(plan.sigma), g)
+  return np.broadcast_to(np.asarray(extra, np.float32),
+                         (s, num_classes) + g.shape[2:]).copy()
+
+
+def _shaped_noise(noise: Array, sigma: Array, ev: Array) -> Array:
+  """Noise with variance sigma^2 + ev per channel and DCT frequency. noise [B, T, C] ~ N(0, I),
+  ev [B, C', F'] (F' = 1: white, else F' = T)."""
+  scale = jnp.sqrt(jnp.square(sigma) + ev)  # [B, C', F']
+  if ev.shape[-1] == 1:
+    return jnp.swapaxes(scale, 1, 2) * noise
+  t = noise.shape[1]
+  if ev.shape[-1] != t:
+    raise ValueError(f"gamma has {ev.shape[-1]} frequencies; the samples have T = {t}.")
+  d = jnp.asarray(dct_matrix(t), noise.dtype)
+  wf = jnp.einsum("ft,btc->bfc", d, noise) * jnp.swapaxes(scale, 1, 2)
+  return jnp.einsum("ft,bfc->btc", d, wf)
+
+
 def make_sampler_parts(apply_fn: Callable[..., Array], schedule: Schedule, config: SamplerConfig,
                        num_classes: int, guidance_fn: GuidanceFn | None = None,
-                       return_trajectory: bool = False) -> SamplerParts:
+                       return_trajectory: bool = False, gamma: Any = None) -> SamplerParts:
   """Builds the plan, the initial state and the stepper (see `make_sampler`)."""
   if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
     raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
   plan = sampling_plan(schedule, config)
   cfg_scale, clip, eta = config.cfg_scale, config.clip_x0, config.eta
-  draw_noise = not (config.sampler == "ddim" and eta == 0.0)
+  extra = None
+  if config.variance == "analytic":
+    if gamma is None:
+      raise ValueError("sampling.variance='analytic' needs gamma (see estimate_gamma).")
+    extra = jnp.asarray(analytic_extra(plan, gamma, int(num_classes)))
+  draw_noise = not (config.sampler == "ddim" and eta == 0.0 and extra is None)
 
   def eps_fn(params, x, t, y):
     tb = jnp.full((x.shape[0],), t, jnp.int32)
@@ -164,7 +221,12 @@ def make_sampler_parts(apply_fn: Callable[..., Array], schedule: Schedule, confi
       noise = None
       if draw_noise:
         noise = jax.random.normal(jax.random.fold_in(step_key, row.index), x_t.shape, x_t.dtype)
-      if config.sampler == "ddim":
+      if extra is not None:  # DDIM mean plus noise shaped per channel and frequency.
+        ev = extra[row.index][jnp.clip(y, 0, num_classes - 1)]  # [B, C', F']
+        x_prev = gaussian.ddim_step(schedule, x_t, row.t, row.t_prev, eps, None, eta=eta,
+                                    mean_shift=shift, clip_x0=clip)
+        x_prev = x_prev + _shaped_noise(noise, row.sigma, ev)
+      elif config.sampler == "ddim":
         x_prev = gaussian.ddim_step(schedule, x_t, row.t, row.t_prev, eps, noise, eta=eta,
                                     mean_shift=shift, clip_x0=clip)
       else:
@@ -178,7 +240,7 @@ def make_sampler_parts(apply_fn: Callable[..., Array], schedule: Schedule, confi
 
 def make_sampler(apply_fn: Callable[..., Array], schedule: Schedule, config: SamplerConfig,
                  num_classes: int, guidance_fn: GuidanceFn | None = None,
-                 return_trajectory: bool = False) -> Callable[..., Any]:
+                 return_trajectory: bool = False, gamma: Any = None) -> Callable[..., Any]:
   """Returns the pure `sample(params, gparams, key, y, shape)`; wrap it in
   `jax.jit(sample, static_argnames="shape")`.
 
@@ -186,10 +248,13 @@ def make_sampler(apply_fn: Callable[..., Array], schedule: Schedule, config: Sam
   (B = len(y)). Returns samples[B,T,C], or (samples, x0_hat trajectory[S,B,T,C]) with
   return_trajectory. guidance_fn(gparams, x_t, x0_hat, y, StepInfo) -> shift[B,T,C] is added to
   the reverse-step mean; gparams is passed through untouched (None when unused). x_T comes from
-  split(key)[0], step i's noise from fold_in(split(key)[1], i).
+  split(key)[0], step i's noise from fold_in(split(key)[1], i). With
+  `config.variance == "analytic"`, `gamma` ([S, K, C, T] from `estimate_gamma`, or broadcastable
+  to [S, K, C] for white noise) sets each step's extra noise variance per class, channel and
+  time frequency (`analytic_extra`).
   """
   parts = make_sampler_parts(apply_fn, schedule, config, num_classes, guidance_fn,
-                             return_trajectory)
+                             return_trajectory, gamma)
 
   def sample(params, gparams, key, y: Int[Array, " B"], shape: tuple[int, ...]):
     y = jnp.asarray(y, jnp.int32)
@@ -204,3 +269,58 @@ def make_sampler(apply_fn: Callable[..., Array], schedule: Schedule, config: Sam
     return (x0, traj) if return_trajectory else x0
 
   return sample
+
+
+def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedule,
+                   config: SamplerConfig, x0: np.ndarray, y: np.ndarray, key: jax.Array,
+                   num_classes: int, batch_size: int = 256, draws: int = 1) -> np.ndarray:
+  """Analytic-DPM's gamma for the sampling plan of `config`, per class, channel and time
+  frequency: float32[S, K, C, T], at step s the mean over class-k series of (D eps_hat)^2 at
+  channel c, frequency f, where D is the orthonormal DCT along time (`dct_matrix`; f = 0 is
+  the time mean, i.e. a series' level), x_t = q_sample(x0, t_s, eps), `draws` noise draws each.
+
+  Series of one channel have a level and slow drifts that a denoiser is unsure of together, so
+  x0's posterior covariance is far from white in time; a DCT basis diagonalises it well for
+  stationary series. x0[N, T, C] are training series in the model's space, filled as in
+  training; the denoiser gets the true labels, as the conditional sampler calls it.
+  Deterministic given `key`.
+  """
+  x0 = np.asarray(x0, np.float32)
+  y = np.asarray(y, np.int32)
+  if x0.ndim != 3 or y.shape != (x0.shape[0],) or not np.all(np.isfinite(x0)):
+    raise ValueError(f"x0 must be finite [N, T, C] and y [N], got {x0.shape} and {y.shape}.")
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    raise ValueError(f"y must be in [0, {num_classes}), got [{y.min()}, {y.max()}].")
+  if int(batch_size) < 1 or int(draws) < 1:
+    raise ValueError(f"batch_size and draws must be >= 1, got {batch_size}, {draws}.")
+  ts = jnp.asarray(sampling_plan(schedule, config).t)
+  k = int(num_classes)
+  d = jnp.asarray(dct_matrix(x0.shape[1]), jnp.float32)
+
+  @jax.jit
+  def batch_sums(params, xb, yb, wb, bkey):
+    def one(args):
+      t, tkey = args
+      tb = jnp.full((xb.shape[0],), t, jnp.int32)
+      x_t = gaussian.q_sample(schedule, xb, tb, jax.random.normal(tkey, xb.shape, xb.dtype))
+      ef = jnp.einsum("ft,btc->bcf", d, apply_fn(params, x_t, tb, yb))
+      return jax.ops.segment_sum(jnp.square(ef) * wb[:, None, None], yb, num_segments=k)
+    return jax.lax.map(one, (ts, jax.random.split(bkey, ts.shape[0])))  # [S, K, C, F]
+
+  n, b = len(x0), int(batch_size)
+  total = np.zeros((len(ts), k, x0.shape[2], x0.shape[1]), np.float64)
+  for dr in range(int(draws)):
+    for i in range(0, n, b):
+      xb, yb = x0[i:i + b], y[i:i + b]
+      wb = np.ones(len(xb), np.float32)
+      pad = b - len(xb)
+      if pad:  # Static shapes: pad with zero-weight rows.
+        xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], np.float32)])
+        yb = np.concatenate([yb, np.zeros(pad, np.int32)])
+        wb = np.concatenate([wb, np.zeros(pad, np.float32)])
+      bkey = jax.random.fold_in(jax.random.fold_in(key, dr), i)
+      total += np.asarray(batch_sums(params, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb),
+                                     bkey), np.float64)
+  counts = np.bincount(y, minlength=k)[:, None, None] * int(draws)  # [K, 1, 1]
+  gamma = np.where(counts > 0, total / np.maximum(counts, 1), 1.0)  # no data: no correction
+  return gamma.astype(np.float32)
