@@ -10,10 +10,14 @@ A cell passes when the relative difference is within 15%. It also checks that th
 conditioning works: a logistic regression fitted on real train scores class-1 samples higher
 than class-0 samples. Writes benchmarks/results/diffusion_fidelity[_TAG].json and .md.
 
+Each cell also gets its sampling noise: the bootstrap standard error (over stays) of the relative
+difference, real and synthetic sides combined; class 1 has few real stays, so its cells are noisy.
+
 With --sample (implied by any sampler override: --sampler, --num_steps, --eta, --cfg_scale,
---clip_x0, --key_offset) it instead draws a fresh unguided set from the trained diffusion model in
-the workdir (EMA parameters, the workdir's config.json with the overrides applied, the pipeline's
-unguided key unless --key_offset) and evaluates that; nothing is written into the workdir.
+--clip_x0, --variance, --counts, --key_offset) it instead draws a fresh unguided set from the trained
+diffusion model in the workdir (EMA parameters, the workdir's config.json with the overrides
+applied, the pipeline's unguided key unless --key_offset) and evaluates that; nothing is written
+into the workdir except the model's gamma cache for --variance=analytic.
 --diagnose adds, per class and channel, the split of the pooled std into between-stay (std of
 per-stay means) and within-stay (std around each stay's mean) parts, and quantiles of real and
 synthetic values in normalised units (where heavy tails would show).
@@ -32,9 +36,10 @@ from sklearn.linear_model import LogisticRegression
 
 from tardiff_jax import io as tio
 from tardiff_jax.data import DataConfig, prepare_data
-from tardiff_jax.evaluation.fidelity import marginal_stats
+from tardiff_jax.evaluation.fidelity import channel_stats, marginal_stats
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+BOOTSTRAP = 200  # Resamples of stays for the standard errors of each statistic.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 0.15
@@ -55,7 +60,7 @@ def draw_samples(workdir: str, cfg: dict, overrides: dict, key_offset: int
   config = ml_collections.ConfigDict(cfg)
   for k, v in overrides.items():
     if v is not None:
-      config.sampling[k] = type(config.sampling[k])(v)
+      config.sampling[k] = type(config.sampling[k])(v) if k in config.sampling else v
   run = pipeline.Run(config, workdir, quiet=True)
   x, y, seconds = _sample(run, pipeline, jax, key_offset)
   return run.data.normalizer.inverse(x), y, seconds
@@ -74,6 +79,18 @@ def _sample(run, pipeline, jax, key_offset: int):
   x, y = generate(pipeline._sampler(run, "unguided"), ema_params, None, key, counts,
                   run.shape_tc, int(run.config.sampling.batch_size), progress=False)
   return x, y, time.perf_counter() - t0
+
+
+def bootstrap_se(x: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
+  """Bootstrap (over stays) standard error of each channel statistic of `channel_stats`."""
+  rng = np.random.default_rng(seed)
+  draws = {"mean": [], "std": [], "acf1": []}
+  for _ in range(BOOTSTRAP):
+    i = rng.integers(0, len(x), len(x))
+    st = channel_stats(x[i], None if mask is None else mask[i])
+    for k in draws:
+      draws[k].append(st[k])
+  return {k: np.std(np.stack(v), axis=0) for k, v in draws.items()}
 
 
 def _observed_stats(x: np.ndarray, obs: np.ndarray) -> dict:
@@ -138,6 +155,11 @@ def main() -> None:
   ap.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1].")
   ap.add_argument("--cfg_scale", type=float, default=None, help="Classifier-free scale.")
   ap.add_argument("--clip_x0", type=float, default=None, help="Clip x0_hat to [-c, c]; 0 = off.")
+  ap.add_argument("--variance", choices=("ddim", "analytic"), default=None,
+                  help="DDIM step noise: the step's sigma or Analytic-DPM's (see SamplerConfig).")
+  ap.add_argument("--counts", default=None,
+                  help='Samples per class, "n0,n1" (implies --sample; default: the training '
+                  'counts). More samples shrink the synthetic side\'s noise.')
   ap.add_argument("--key_offset", type=int, default=0,
                   help="Fold this into the sampling key (0 = the pipeline's unguided key).")
   ap.add_argument("--diagnose", action="store_true",
@@ -147,7 +169,7 @@ def main() -> None:
   data = prepare_data(DataConfig(**cfg["data"]))
   raw = data.raw.train
   overrides = {k: getattr(args, k) for k in ("sampler", "num_steps", "eta", "cfg_scale",
-                                             "clip_x0")}
+                                             "clip_x0", "counts", "variance")}
   sampled = args.sample or args.key_offset != 0 or any(v is not None for v in overrides.values())
   sampling_info = None
   if sampled:
@@ -167,12 +189,19 @@ def main() -> None:
     st = marginal_stats(raw.x[raw.y == c], xs[ys == c], mask=raw.mask[raw.y == c])
     r = {"mean": rel(st["syn_mean"], st["real_mean"]), "std": rel(st["syn_std"], st["real_std"]),
          "acf1": rel(st["syn_acf1"], st["real_acf1"])}
+    # Sampling noise of each relative difference: bootstrap SEs of the real and the synthetic
+    # statistic (over stays), combined, relative to the real value.
+    se_r = bootstrap_se(raw.x[raw.y == c], raw.mask[raw.y == c], seed=c)
+    se_s = bootstrap_se(xs[ys == c], None, seed=100 + c)
+    noise = {k: np.sqrt(se_r[k] ** 2 + se_s[k] ** 2)
+             / np.maximum(np.abs(np.asarray(st[f"real_{k}"])), 1e-8) for k in r}
     table[str(c)] = {
         "class_name": raw.class_names[c], "n_real": int(np.sum(raw.y == c)),
         "n_syn": int(np.sum(ys == c)), "channels": names,
         **{k: st[k] for k in ("real_mean", "syn_mean", "real_std", "syn_std", "real_acf1",
                               "syn_acf1")},
         **{f"rel_{k}": v.tolist() for k, v in r.items()},
+        **{f"rel_se_{k}": v.tolist() for k, v in noise.items()},
         "pass": {k: (v <= TOL).tolist() for k, v in r.items()}}
     for v in r.values():
       n_pass += int(np.sum(v <= TOL))
@@ -206,7 +235,8 @@ def main() -> None:
     sp = sampling_info["sampling"]
     lines += [f"Fresh samples from the workdir's model: sampler={sp['sampler']}, "
               f"num_steps={sp['num_steps']}, eta={sp['eta']}, cfg_scale={sp['cfg_scale']}, "
-              f"clip_x0={sp['clip_x0']}, key_offset={args.key_offset} "
+              f"clip_x0={sp['clip_x0']}, variance={sp.get('variance', 'ddim')}, "
+              f"counts={sp.get('counts', 'match')}, key_offset={args.key_offset} "
               f"({sampling_info['seconds']:.1f}s).", ""]
   for c, t in table.items():
     lines += [f"## class {c} ({t['class_name']}): {t['n_real']} real, {t['n_syn']} synthetic", "",
@@ -218,7 +248,15 @@ def main() -> None:
           f"| {t['real_std'][i]:.2f} | {t['syn_std'][i]:.2f} | {t['rel_std'][i]:.1%} "
           f"| {t['real_acf1'][i]:.3f} | {t['syn_acf1'][i]:.3f} | {t['rel_acf1'][i]:.1%} |")
     lines.append("")
-  lines += ["## Class conditioning", "",
+  fails = [(c, k, ch, t[f"rel_{k}"][i], t[f"rel_se_{k}"][i]) for c, t in table.items()
+           for k in ("mean", "std", "acf1") for i, ch in enumerate(t["channels"])
+           if not t["pass"][k][i]]
+  lines += ["## Cells outside the tolerance, with their sampling noise", "",
+            f"SE: bootstrap ({BOOTSTRAP} resamples of stays) standard error of the relative "
+            "difference, real and synthetic sides combined.", ""]
+  lines += [f"- class {c} {ch} {k}: {v:.1%} (SE {se:.1%}, {v / max(se, 1e-12):.1f} SE)"
+            for c, k, ch, v, se in fails] or ["- none"]
+  lines += ["", "## Class conditioning", "",
             f"Logistic regression on real train: mean P(died) of class-1 samples "
             f"{cond['mean_p1_class1']:.3f} vs class-0 samples {cond['mean_p1_class0']:.3f}; "
             f"predicted positive (top-prevalence threshold) {cond['frac_pred1_class1']:.1%} vs "

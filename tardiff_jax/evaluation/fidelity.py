@@ -245,6 +245,15 @@ def _channel_stats(x: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, ...
   return mean, std, acf
 
 
+def channel_stats(x: np.ndarray, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """Per-channel `mean`, `std` and `acf1` (float64[C]) of the observed values of x[N, T, C]
+  (mask True and finite; NaN = missing when no mask), as `marginal_stats` computes them."""
+  x = _check("x", x)
+  obs = np.isfinite(x) if mask is None else np.isfinite(x) & np.asarray(mask, bool)
+  mean, std, acf = _channel_stats(x, obs)
+  return {"mean": mean, "std": std, "acf1": acf}
+
+
 def marginal_stats(x_real: np.ndarray, x_syn: np.ndarray, mask: np.ndarray | None = None,
                    syn_mask: np.ndarray | None = None) -> dict:
   """Per-channel marginal and autocorrelation comparison (same units for both).
