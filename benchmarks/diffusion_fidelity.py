@@ -93,6 +93,27 @@ def bootstrap_se(x: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str,
   return {k: np.std(np.stack(v), axis=0) for k, v in draws.items()}
 
 
+ORACLE_SEED = 10_007  # Simulator seed of the --oracle stays (not a cohort's data seed).
+
+
+def oracle_samples(data_cfg: dict, per_class: int, num_classes: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """`per_class` fresh stays per class from the simulator with the cohort's options but another
+  seed and no missing values: draws from the true distribution, in clinical units."""
+  from tardiff_jax.data import simulate_icu
+  xs, ys, n = [], [], 0
+  while min((np.sum(np.concatenate(ys) == c) if ys else 0) for c in range(num_classes)) \
+      < per_class:
+    sim = simulate_icu(20_000, seed=ORACLE_SEED + n, missing_rate=0.0,
+                       prevalence=float(data_cfg.get("prevalence", 0.08)))
+    xs.append(sim.dataset.x)
+    ys.append(sim.dataset.y)
+    n += 1
+  x, y = np.concatenate(xs), np.concatenate(ys)
+  keep = np.concatenate([np.flatnonzero(y == c)[:per_class] for c in range(num_classes)])
+  return x[keep], y[keep]
+
+
 def _observed_stats(x: np.ndarray, obs: np.ndarray) -> dict:
   """Per channel: pooled std, between-stay std (of per-stay means), within-stay std."""
   x = np.where(obs, x, np.nan).astype(np.float64)
@@ -162,6 +183,10 @@ def main() -> None:
                   'counts). More samples shrink the synthetic side\'s noise.')
   ap.add_argument("--key_offset", type=int, default=0,
                   help="Fold this into the sampling key (0 = the pipeline's unguided key).")
+  ap.add_argument("--oracle", type=int, default=0,
+                  help="Instead of samples, score N fresh, fully observed simulator stays per "
+                  "class (another sim seed): a perfect generator, i.e. the noise floor of the "
+                  "test that comes from the real training split's size.")
   ap.add_argument("--diagnose", action="store_true",
                   help="Add the std decomposition and normalised quantiles.")
   args = ap.parse_args()
@@ -172,7 +197,10 @@ def main() -> None:
                                              "clip_x0", "counts", "variance")}
   sampled = args.sample or args.key_offset != 0 or any(v is not None for v in overrides.values())
   sampling_info = None
-  if sampled:
+  if args.oracle:
+    xs, ys = oracle_samples(cfg["data"], args.oracle, raw.num_classes)
+    sampling_info = {"oracle": {"per_class": args.oracle, "sim_seed": ORACLE_SEED}}
+  elif sampled:
     if args.method != "unguided":
       raise SystemExit("--sample and the sampler overrides only apply to --method=unguided.")
     xs, ys, seconds = draw_samples(args.workdir, cfg, overrides, args.key_offset)
@@ -231,7 +259,10 @@ def main() -> None:
   lines = [f"# Unguided samples vs real train ({args.method}), per class and channel", "",
            f"Workdir `{args.workdir}`; relative difference |syn - real| / |real| in clinical "
            f"units, observed real values only. Within {TOL:.0%}: {n_pass}/{n_cells} cells.", ""]
-  if sampling_info is not None:
+  if sampling_info is not None and "oracle" in sampling_info:
+    lines += [f"Oracle: {args.oracle} fresh, fully observed simulator stays per class (seed "
+              f"{ORACLE_SEED}) in place of samples: a perfect generator.", ""]
+  elif sampling_info is not None:
     sp = sampling_info["sampling"]
     lines += [f"Fresh samples from the workdir's model: sampler={sp['sampler']}, "
               f"num_steps={sp['num_steps']}, eta={sp['eta']}, cfg_scale={sp['cfg_scale']}, "

@@ -10,6 +10,7 @@ Workdir layout:
   config.json                      the config of the last invocation
   data/summary.json, normalizer.json
   checkpoints/diffusion/, checkpoints/classifier/   orbax
+  checkpoints/analytic_gamma.json  the denoiser's gamma for sampling.variance="analytic"
   guidance/cache.npz, grad_norms.json, scale_sweep.json
   synthetic/<method>.npz (+ .json)  x in original units, y
   eval/*.json                      one file per protocol setting (resumable evaluation)
