@@ -79,7 +79,7 @@ class StepPlan(NamedTuple):
   t_prev: Int[Array, " S"]  # -1 at the last step (clean data)
   alpha_bar: Float[Array, " S"]
   alpha_bar_prev: Float[Array, " S"]
-  sigma: Float[Array, " S"]  # std of the noise added at this step
+  sigma: Float[Array, " S"]  # the step's own noise std (variance="analytic" adds to it)
 
 
 class StepInfo(NamedTuple):
