@@ -195,6 +195,8 @@ def main() -> None:
   raw = data.raw.train
   overrides = {k: getattr(args, k) for k in ("sampler", "num_steps", "eta", "cfg_scale",
                                              "clip_x0", "counts", "variance")}
+  if args.sampler == "ddpm" and args.variance is None:
+    overrides["variance"] = "ddim"  # The analytic variance is DDIM-only; DDPM uses its own.
   sampled = args.sample or args.key_offset != 0 or any(v is not None for v in overrides.values())
   sampling_info = None
   if args.oracle:

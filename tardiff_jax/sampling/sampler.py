@@ -58,7 +58,8 @@ class SamplerConfig:
     if self.variance not in VARIANCES:
       raise ValueError(f"sampling.variance must be one of {VARIANCES}, got {self.variance!r}.")
     if self.variance == "analytic" and self.sampler != "ddim":
-      raise ValueError("sampling.variance='analytic' is implemented for the DDIM sampler only.")
+      raise ValueError("sampling.variance='analytic' is implemented for the DDIM sampler only; "
+                       "with sampling.sampler='ddpm' set sampling.variance='ddim'.")
 
   @classmethod
   def from_config(cls, section: Any) -> SamplerConfig:
