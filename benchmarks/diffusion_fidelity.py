@@ -14,10 +14,10 @@ Each cell also gets its sampling noise: the bootstrap standard error (over stays
 difference, real and synthetic sides combined; class 1 has few real stays, so its cells are noisy.
 
 With --sample (implied by any sampler override: --sampler, --num_steps, --eta, --cfg_scale,
---clip_x0, --variance, --counts, --key_offset) it instead draws a fresh unguided set from the trained
-diffusion model in the workdir (EMA parameters, the workdir's config.json with the overrides
-applied, the pipeline's unguided key unless --key_offset) and evaluates that; nothing is written
-into the workdir except the model's gamma cache for --variance=analytic.
+--clip_x0, --variance, --counts, --key_offset) it instead draws a fresh unguided set from the
+trained diffusion model in the workdir (EMA parameters, the workdir's config.json with the
+overrides applied, the pipeline's unguided key unless --key_offset) and evaluates that; nothing
+is written into the workdir except the model's gamma cache for --variance=analytic.
 --diagnose adds, per class and channel, the split of the pooled std into between-stay (std of
 per-stay means) and within-stay (std around each stay's mean) parts, and quantiles of real and
 synthetic values in normalised units (where heavy tails would show).

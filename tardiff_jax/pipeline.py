@@ -50,7 +50,6 @@ from tardiff_jax.influence import (
 )
 from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
 from tardiff_jax.models.timesnet import timesnet_periods
-from tardiff_jax.data.normalizers import interpolate_missing
 from tardiff_jax.sampling import (
     SamplerConfig,
     class_counts,
@@ -60,7 +59,11 @@ from tardiff_jax.sampling import (
     sampling_plan,
 )
 from tardiff_jax.training.classifier_trainer import TrainClassifierConfig, train_classifier
-from tardiff_jax.training.diffusion_trainer import load_diffusion, train_diffusion
+from tardiff_jax.training.diffusion_trainer import (
+    denoiser_inputs,
+    load_diffusion,
+    train_diffusion,
+)
 
 STAGES = ("data", "train_diffusion", "train_classifier", "cache_guidance", "select_scale",
           "generate", "evaluate")
@@ -292,26 +295,27 @@ GAMMA_DRAWS = 2  # Noise draws per training stay for the analytic-variance gamma
 
 
 def analytic_gamma(run: Run, scfg: SamplerConfig) -> np.ndarray:
-  """Analytic-DPM gamma [S, K, C] of the trained denoiser for the plan of `scfg`, estimated on
-  the training split (filled as in training) and cached in checkpoints/analytic_gamma.json."""
+  """Analytic-DPM gamma [S, K, C, T] of the trained denoiser for the plan of `scfg`, estimated
+  on the training split (filled as in training) and cached in checkpoints/analytic_gamma.json
+  (reused while the plan, the draws and the denoiser's training settings match)."""
   schedule = DiffusionConfig.from_config(run.config.diffusion).make_schedule()
-  ts = [int(t) for t in sampling_plan(schedule, scfg).t]
+  fill = str(run.config.train_diffusion.get("fill", "zero"))
+  want = {"timesteps": [int(t) for t in sampling_plan(schedule, scfg).t], "draws": GAMMA_DRAWS,
+          "train_diffusion_steps": int(run.config.train_diffusion.num_steps), "fill": fill}
   path = run.path("checkpoints", "analytic_gamma.json")
   if os.path.exists(path):
     rec = tio.read_json(path)
     gamma = np.asarray(rec.get("gamma", []), np.float32)
-    if rec.get("timesteps") == ts and rec.get("draws") == GAMMA_DRAWS and gamma.ndim == 4:
+    if all(rec.get(k) == v for k, v in want.items()) and gamma.ndim == 4:
       return gamma
   apply_fn, ema_params = load_trained_diffusion(run)
   d = run.data.train
-  x = d.x
-  if str(run.config.train_diffusion.get("fill", "zero")) == "interp":
-    x = interpolate_missing(x, d.mask)
+  x = denoiser_inputs(d.x, d.mask, fill)
   t0 = time.perf_counter()
   key = jax.random.fold_in(jax.random.PRNGKey(run.seed), _method_seed("analytic_gamma"))
   gamma = estimate_gamma(apply_fn, ema_params, schedule, scfg, x, d.y, key, run.num_classes,
                          batch_size=int(run.config.sampling.batch_size), draws=GAMMA_DRAWS)
-  tio.write_json(path, {"timesteps": ts, "draws": GAMMA_DRAWS, "gamma": gamma.tolist(),
+  tio.write_json(path, {**want, "gamma": gamma.tolist(),
                         "seconds": time.perf_counter() - t0,
                         "layout": "[step, class, channel, DCT frequency]: mean (DCT eps_hat)^2"})
   log(f"sampling: analytic-variance gamma over {len(d)} training stays x {GAMMA_DRAWS} draws "

@@ -23,7 +23,8 @@ from tardiff_jax.data.splits import split_guidance, stratified_split, stratified
 
 __all__ = [
     "CHANNEL_NAMES", "CHANNEL_UNITS", "DataConfig", "DataError", "Dataset", "NORMALIZER_KINDS",
-    "Normalizer", "PreparedData", "SUBTYPE_NAMES", "Simulation", "Splits", "interpolate_missing", "load_dataset",
+    "Normalizer", "PreparedData", "SUBTYPE_NAMES", "Simulation", "Splits", "interpolate_missing",
+    "load_dataset",
     "make_normalizer", "normalize_dataset", "normalizer_from_dict", "prepare_data",
     "simulate_icu", "split_guidance", "stratified_split", "stratified_split_indices",
 ]

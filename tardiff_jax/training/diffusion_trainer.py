@@ -222,6 +222,14 @@ def _resolve_configs(config: Any, num_classes: int, seed: int | None):
   return unet_cfg, train_cfg, diff_cfg, int(seed), cfg_dict
 
 
+def denoiser_inputs(x: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
+  """The denoiser's training input from zero-filled normalised `x` and its `mask`, per
+  `train_diffusion.fill` (see FILLS)."""
+  if fill not in FILLS:
+    raise ValueError(f"train_diffusion.fill must be one of {FILLS}, got {fill!r}.")
+  return interpolate_missing(x, mask) if fill == "interp" else x
+
+
 def _check_data(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None):
   x = np.asarray(x)
   y = np.asarray(y)
@@ -259,8 +267,7 @@ def train_diffusion(config: Any, x_train: np.ndarray, y_train: np.ndarray,
   if y.min() < 0 or y.max() >= num_classes:
     raise ValueError(f"y_train labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}].")
   unet_cfg, train_cfg, diff_cfg, seed, cfg_dict = _resolve_configs(config, num_classes, seed)
-  if train_cfg.fill == "interp":
-    x = interpolate_missing(x, m)
+  x = denoiser_inputs(x, m, train_cfg.fill)
   n, seq_len, channels = x.shape
   tx = make_optimizer(train_cfg)
   module, apply_fn = make_denoiser(unet_cfg)
