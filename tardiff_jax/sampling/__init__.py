@@ -8,9 +8,12 @@ from tardiff_jax.sampling.sampler import (
     SamplerParts,
     StepInfo,
     StepPlan,
+    X0Calibration,
     analytic_extra,
     dct_matrix,
+    estimate_calibration,
     estimate_gamma,
+    make_predictor,
     make_sampler,
     make_sampler_parts,
     sampling_plan,
@@ -18,6 +21,7 @@ from tardiff_jax.sampling.sampler import (
 
 __all__ = [
     "SAMPLERS", "SamplerConfig", "SamplerParts", "StepInfo", "StepPlan", "VARIANCES",
-    "analytic_extra", "class_counts", "dct_matrix", "estimate_gamma", "generate", "make_sampler",
-    "make_sampler_parts", "sampling_plan", "write_synthetic",
+    "X0Calibration", "analytic_extra", "class_counts", "dct_matrix", "estimate_calibration",
+    "estimate_gamma", "generate", "make_predictor", "make_sampler", "make_sampler_parts",
+    "sampling_plan", "write_synthetic",
 ]
