@@ -10,7 +10,8 @@ Workdir layout:
   config.json                      the config of the last invocation
   data/summary.json, normalizer.json
   checkpoints/diffusion/, checkpoints/classifier/   orbax
-  checkpoints/analytic_gamma.json  the denoiser's gamma for sampling.variance="analytic"
+  checkpoints/denoiser_stats.json  the denoiser's gamma (sampling.variance="analytic") and x0
+                                   calibration (sampling.calibrate_x0), fitted on train
   guidance/cache.npz, grad_norms.json, scale_sweep.json
   synthetic/<method>.npz (+ .json)  x in original units, y
   eval/*.json                      one file per protocol setting (resumable evaluation)
@@ -52,7 +53,9 @@ from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
 from tardiff_jax.models.timesnet import timesnet_periods
 from tardiff_jax.sampling import (
     SamplerConfig,
+    X0Calibration,
     class_counts,
+    estimate_calibration,
     estimate_gamma,
     generate,
     make_sampler,
@@ -291,36 +294,51 @@ def method_scale(run: Run, method: str) -> float:
   return 0.0
 
 
-GAMMA_DRAWS = 2  # Noise draws per training stay for the analytic-variance gamma estimate.
+STATS_DRAWS = 2  # Noise draws per training stay for the sampler's gamma and x0 calibration.
 
 
-def analytic_gamma(run: Run, scfg: SamplerConfig) -> np.ndarray:
-  """Analytic-DPM gamma [S, K, C, T] of the trained denoiser for the plan of `scfg`, estimated
-  on the training split (filled as in training) and cached in checkpoints/analytic_gamma.json
-  (reused while the plan, the draws and the denoiser's training settings match)."""
+def denoiser_stats(run: Run, scfg: SamplerConfig) -> tuple[np.ndarray | None, Any]:
+  """What the sampler of `scfg` needs from the trained denoiser, estimated on the training split
+  (filled as in training): `(gamma, calibration)`, gamma [S, K, C, T] for
+  sampling.variance="analytic" (else None; `estimate_gamma`, of the calibrated predictor when
+  calibrating) and `X0Calibration` for sampling.calibrate_x0 (else None;
+  `estimate_calibration`). Cached in checkpoints/denoiser_stats.json, reused while the plan, the
+  cfg scale, the draws and the denoiser's training settings match."""
+  want_gamma, want_cal = scfg.variance == "analytic", bool(scfg.calibrate_x0)
+  if not (want_gamma or want_cal):
+    return None, None
   schedule = DiffusionConfig.from_config(run.config.diffusion).make_schedule()
   fill = str(run.config.train_diffusion.get("fill", "zero"))
-  want = {"timesteps": [int(t) for t in sampling_plan(schedule, scfg).t], "draws": GAMMA_DRAWS,
-          "train_diffusion_steps": int(run.config.train_diffusion.num_steps), "fill": fill}
-  path = run.path("checkpoints", "analytic_gamma.json")
+  want = {"timesteps": [int(t) for t in sampling_plan(schedule, scfg).t], "draws": STATS_DRAWS,
+          "train_diffusion_steps": int(run.config.train_diffusion.num_steps), "fill": fill,
+          "cfg_scale": float(scfg.cfg_scale), "gamma": want_gamma, "calibrate_x0": want_cal}
+  path = run.path("checkpoints", "denoiser_stats.json")
   if os.path.exists(path):
     rec = tio.read_json(path)
-    gamma = np.asarray(rec.get("gamma", []), np.float32)
-    if all(rec.get(k) == v for k, v in want.items()) and gamma.ndim == 4:
-      return gamma
+    if rec.get("settings") == want:
+      arr = lambda k: None if rec.get(k) is None else np.asarray(rec[k], np.float32)
+      cal = X0Calibration(arr("slope"), arr("intercept")) if want_cal else None
+      return arr("gamma"), cal
   apply_fn, ema_params = load_trained_diffusion(run)
   d = run.data.train
   x = denoiser_inputs(d.x, d.mask, fill)
   t0 = time.perf_counter()
-  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), _method_seed("analytic_gamma"))
-  gamma = estimate_gamma(apply_fn, ema_params, schedule, scfg, x, d.y, key, run.num_classes,
-                         batch_size=int(run.config.sampling.batch_size), draws=GAMMA_DRAWS)
-  tio.write_json(path, {**want, "gamma": gamma.tolist(),
-                        "seconds": time.perf_counter() - t0,
-                        "layout": "[step, class, channel, DCT frequency]: mean (DCT eps_hat)^2"})
-  log(f"sampling: analytic-variance gamma over {len(d)} training stays x {GAMMA_DRAWS} draws "
+  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), _method_seed("denoiser_stats"))
+  kw = dict(batch_size=int(run.config.sampling.batch_size), draws=STATS_DRAWS)
+  cal = (estimate_calibration(apply_fn, ema_params, schedule, scfg, x, d.y, key,
+                              run.num_classes, **kw) if want_cal else None)
+  gamma = (estimate_gamma(apply_fn, ema_params, schedule, scfg, x, d.y, key, run.num_classes,
+                          calibration=cal, **kw) if want_gamma else None)
+  tolist = lambda a: None if a is None else a.tolist()
+  tio.write_json(path, {"settings": want, "seconds": time.perf_counter() - t0,
+                        "layout": "[step, class, channel, DCT frequency]",
+                        "gamma": tolist(gamma), "slope": tolist(cal and cal.slope),
+                        "intercept": tolist(cal and cal.intercept)})
+  what = " and ".join(n for n, w in (("x0 calibration", want_cal),
+                                     ("analytic-variance gamma", want_gamma)) if w)
+  log(f"sampling: {what} over {len(d)} training stays x {STATS_DRAWS} draws "
       f"in {time.perf_counter() - t0:.1f}s")
-  return gamma
+  return gamma, cal
 
 
 def _sampler(run: Run, method: str):
@@ -335,9 +353,9 @@ def _sampler(run: Run, method: str):
     if gcfg is not None:
       classifier, _ = stage_train_classifier(run)
       guidance_fn = guidance_from_config(classifier.loss_fn, gcfg)
-    gamma = analytic_gamma(run, scfg) if scfg.variance == "analytic" else None
+    gamma, calibration = denoiser_stats(run, scfg)
     fn = make_sampler(apply_fn, schedule, scfg, run.num_classes, guidance_fn=guidance_fn,
-                      gamma=gamma)
+                      gamma=gamma, calibration=calibration)
     run._samplers[key] = jax.jit(fn, static_argnames="shape")
   return run._samplers[key]
 

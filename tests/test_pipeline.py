@@ -66,6 +66,12 @@ def test_pipeline_writes_report_plots_and_synthetic(tiny_run):
     train_counts = counts if train_counts is None else train_counts
     np.testing.assert_array_equal(counts, train_counts)
     assert 20 < float(np.median(x[..., 0])) < 200, m
+  # The sampler's statistics of the trained denoiser (default: calibrated x0, analytic variance).
+  stats = json.load(open(os.path.join(wd, "checkpoints", "denoiser_stats.json")))
+  assert stats["settings"]["calibrate_x0"] and stats["settings"]["gamma"]
+  slope, gamma = np.asarray(stats["slope"]), np.asarray(stats["gamma"])
+  assert slope.shape == gamma.shape == np.asarray(stats["intercept"]).shape
+  assert slope.shape[:2] == (len(stats["settings"]["timesteps"]), 2) and np.all(np.isfinite(slope))
   sweep = json.load(open(os.path.join(wd, "guidance", "scale_sweep.json")))
   assert [r["scale"] for r in sweep["rows"]] == list(cfg.guidance.scale_grid)
   assert sweep["selected_scale"] in list(cfg.guidance.scale_grid)
