@@ -14,10 +14,11 @@ Each cell also gets its sampling noise: the bootstrap standard error (over stays
 difference, real and synthetic sides combined; class 1 has few real stays, so its cells are noisy.
 
 With --sample (implied by any sampler override: --sampler, --num_steps, --eta, --cfg_scale,
---clip_x0, --variance, --counts, --key_offset) it instead draws a fresh unguided set from the
-trained diffusion model in the workdir (EMA parameters, the workdir's config.json with the
-overrides applied, the pipeline's unguided key unless --key_offset) and evaluates that; nothing
-is written into the workdir except the model's gamma cache for --variance=analytic.
+--clip_x0, --variance, --calibrate_x0, --counts, --key_offset) it instead draws a fresh unguided
+set from the trained diffusion model in the workdir (EMA parameters, the workdir's config.json
+with the overrides applied, the pipeline's unguided key unless --key_offset) and evaluates that;
+nothing is written into the workdir except the model's sampler statistics for the analytic
+variance and the x0 calibration (checkpoints/denoiser_stats.json).
 --diagnose adds, per class and channel, the split of the pooled std into between-stay (std of
 per-stay means) and within-stay (std around each stay's mean) parts, and quantiles of real and
 synthetic values in normalised units (where heavy tails would show).
@@ -178,6 +179,8 @@ def main() -> None:
   ap.add_argument("--clip_x0", type=float, default=None, help="Clip x0_hat to [-c, c]; 0 = off.")
   ap.add_argument("--variance", choices=("ddim", "analytic"), default=None,
                   help="DDIM step noise: the step's sigma or Analytic-DPM's (see SamplerConfig).")
+  ap.add_argument("--calibrate_x0", type=int, choices=(0, 1), default=None,
+                  help="1: recalibrate x0_hat (estimate_calibration, fitted on train), 0: off.")
   ap.add_argument("--counts", default=None,
                   help='Samples per class, "n0,n1" (implies --sample; default: the training '
                   'counts). More samples shrink the synthetic side\'s noise.')
@@ -194,7 +197,10 @@ def main() -> None:
   data = prepare_data(DataConfig(**cfg["data"]))
   raw = data.raw.train
   overrides = {k: getattr(args, k) for k in ("sampler", "num_steps", "eta", "cfg_scale",
-                                             "clip_x0", "counts", "variance")}
+                                             "clip_x0", "counts", "variance",
+                                             "calibrate_x0")}
+  if args.calibrate_x0 is not None:
+    overrides["calibrate_x0"] = bool(args.calibrate_x0)
   if args.sampler == "ddpm" and args.variance is None:
     overrides["variance"] = "ddim"  # The analytic variance is DDIM-only; DDPM uses its own.
   sampled = args.sample or args.key_offset != 0 or any(v is not None for v in overrides.values())
@@ -269,6 +275,7 @@ def main() -> None:
     lines += [f"Fresh samples from the workdir's model: sampler={sp['sampler']}, "
               f"num_steps={sp['num_steps']}, eta={sp['eta']}, cfg_scale={sp['cfg_scale']}, "
               f"clip_x0={sp['clip_x0']}, variance={sp.get('variance', 'ddim')}, "
+              f"calibrate_x0={sp.get('calibrate_x0', False)}, "
               f"counts={sp.get('counts', 'match')}, key_offset={args.key_offset} "
               f"({sampling_info['seconds']:.1f}s).", ""]
   for c, t in table.items():
