@@ -303,15 +303,16 @@ def denoiser_stats(run: Run, scfg: SamplerConfig) -> tuple[np.ndarray | None, An
   sampling.variance="analytic" (else None; `estimate_gamma`, of the calibrated predictor when
   calibrating) and `X0Calibration` for sampling.calibrate_x0 (else None;
   `estimate_calibration`). Cached in checkpoints/denoiser_stats.json, reused while the plan, the
-  cfg scale, the draws and the denoiser's training settings match."""
+  cfg scale, the draws, the seed and the data, diffusion, U-Net and training settings match."""
   want_gamma, want_cal = scfg.variance == "analytic", bool(scfg.calibrate_x0)
   if not (want_gamma or want_cal):
     return None, None
   schedule = DiffusionConfig.from_config(run.config.diffusion).make_schedule()
   fill = str(run.config.train_diffusion.get("fill", "zero"))
+  model = {k: run.config[k].to_dict() for k in ("data", "diffusion", "unet", "train_diffusion")}
   want = {"timesteps": [int(t) for t in sampling_plan(schedule, scfg).t], "draws": STATS_DRAWS,
-          "train_diffusion_steps": int(run.config.train_diffusion.num_steps), "fill": fill,
-          "cfg_scale": float(scfg.cfg_scale), "gamma": want_gamma, "calibrate_x0": want_cal}
+          "cfg_scale": float(scfg.cfg_scale), "gamma": want_gamma, "calibrate_x0": want_cal,
+          "seed": run.seed, "model": json.loads(json.dumps(model, default=list))}
   path = run.path("checkpoints", "denoiser_stats.json")
   if os.path.exists(path):
     rec = tio.read_json(path)

@@ -1,8 +1,10 @@
 """End to end: the tiny config through every stage into a temp workdir (CI-sized)."""
 
+import dataclasses
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 
 from tardiff_jax import pipeline
 from tardiff_jax.config_file import load_config
+from tardiff_jax.sampling import SamplerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -88,6 +91,28 @@ def test_rerun_skips_completed_stages_and_reproduces_report(tiny_run):
   assert os.path.getmtime(os.path.join(wd, "synthetic", "tardiff.npz")) == syn_before
   strip = lambda r: {k: v for k, v in r.items() if k not in ("timing",)}
   assert json.dumps(strip(rep), sort_keys=True) == json.dumps(strip(rep2), sort_keys=True)
+
+
+def test_denoiser_stats_cache_reuses_and_follows_settings(tiny_run, tmp_path):
+  wd, cfg, _ = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  stats_path = os.path.join(copy, "checkpoints", "denoiser_stats.json")
+  run = pipeline.Run(cfg, copy, quiet=True)
+  scfg = SamplerConfig.from_config(cfg.sampling)
+  before = os.path.getmtime(stats_path)
+  gamma, cal = pipeline.denoiser_stats(run, scfg)  # the pipeline's own settings: a cache hit
+  assert os.path.getmtime(stats_path) == before
+  on_disk = json.load(open(stats_path))
+  np.testing.assert_array_equal(gamma, np.asarray(on_disk["gamma"], np.float32))
+  np.testing.assert_array_equal(cal.slope, np.asarray(on_disk["slope"], np.float32))
+  # Another cfg scale is another predictor: recomputed, and recorded as such.
+  g2, cal2 = pipeline.denoiser_stats(run, dataclasses.replace(scfg, cfg_scale=2.0))
+  assert json.load(open(stats_path))["settings"]["cfg_scale"] == 2.0
+  assert g2.shape == gamma.shape and not np.array_equal(cal2.slope, cal.slope)
+  # Without calibration and analytic variance there is nothing to estimate.
+  plain = dataclasses.replace(scfg, variance="ddim", calibrate_x0=False)
+  assert pipeline.denoiser_stats(run, plain) == (None, None)
 
 
 def test_cli_data_mode_and_bad_mode(tmp_path):
