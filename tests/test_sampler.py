@@ -15,6 +15,7 @@ from tardiff_jax.diffusion import (
     ddim_sigma,
     ddim_step,
     ddpm_step,
+    gaussian,
     make_schedule,
 )
 from tardiff_jax.sampling import (
@@ -365,12 +366,13 @@ def test_calibration_recovers_the_posterior_mean():
     tb = jnp.full((len(yv),), int(t), jnp.int32)
     x_t = SCHED200.sqrt_alpha_bars[t] * xv + SCHED200.sqrt_one_minus_alpha_bars[t] * \
         jax.random.normal(jax.random.key(i), xv.shape)
-    to_x0 = lambda e: (x_t - SCHED200.sqrt_one_minus_alpha_bars[t] * e) / SCHED200.sqrt_alpha_bars[t]
-    want = to_x0(good({}, x_t, tb, yv))
+    x0_of = {name: np.asarray(gaussian.x0_from_eps(SCHED200, x_t, tb, e)) for name, e in (
+        ("want", good({}, x_t, tb, yv)), ("fixed", fixed({}, x_t, t, yv, i)),
+        ("raw", raw({}, x_t, t, yv, i)))}
     for k in range(K):
       sel = np.asarray(yv) == k
-      err = np.sqrt(np.mean(np.square(to_x0(fixed({}, x_t, t, yv, i)) - want)[sel]))
-      err_raw = np.sqrt(np.mean(np.square(to_x0(raw({}, x_t, t, yv, i)) - want)[sel]))
+      err = np.sqrt(np.mean(np.square(x0_of["fixed"] - x0_of["want"])[sel]))
+      err_raw = np.sqrt(np.mean(np.square(x0_of["raw"] - x0_of["want"])[sel]))
       assert err < 0.06 * s[k] and err_raw > 0.15, (t, k, err, err_raw)
   g = estimate_gamma(bad, {}, SCHED200, cfg, x0, y, jax.random.key(3), K, batch_size=512,
                      draws=2, calibration=cal)
@@ -398,6 +400,28 @@ def test_calibrated_sampler_restores_the_spread():
     out[calibrate] = (x.mean() - m, x.std() / s)
   assert abs(out[False][0]) > 0.2 or abs(out[False][1] - 1) > 0.1, out
   assert abs(out[True][0]) < 0.06 and abs(out[True][1] - 1) < 0.04, out
+
+
+def test_calibration_edge_cells():
+  """A class without series gets the identity; where x0_hat does not depend on x_t at all only
+  its offset is fitted (slope 1), which moves it onto the class mean of x0."""
+  cfg = SamplerConfig("ddim", 3, 1.0)
+
+  def constant(params, x, t, y):  # x0_hat = 0.3 everywhere, whatever x_t is
+    ab = SCHED200.alpha_bars[t][:, None, None]
+    return (x - jnp.sqrt(ab) * 0.3) / jnp.sqrt(1 - ab)
+
+  x0, _ = _gauss_data(1.0, [0.5], 500, (4, 2), 11)
+  y = np.zeros(500, np.int32)  # class 1 has no series
+  cal = estimate_calibration(constant, {}, SCHED200, cfg, x0, y, jax.random.key(0), K)
+  np.testing.assert_array_equal(cal.slope[:, 1], 1.0)
+  np.testing.assert_array_equal(cal.intercept[:, 1], 0.0)
+  np.testing.assert_array_equal(cal.slope[:, 0], 1.0)
+  d = dct_matrix(4)
+  want = np.einsum("ft,ntc->cf", d, x0) / 500 - np.einsum("ft,tc->cf", d, np.full((4, 2), 0.3))
+  np.testing.assert_allclose(cal.intercept[:, 0], np.broadcast_to(want, (3, 2, 4)), atol=1e-4)
+  with pytest.raises(ValueError, match="max_slope"):
+    estimate_calibration(constant, {}, SCHED200, cfg, x0, y, jax.random.key(0), K, max_slope=1)
 
 
 def test_calibration_validation_identity_and_guidance_view():

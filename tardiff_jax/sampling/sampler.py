@@ -340,11 +340,11 @@ def _check_training_series(x0, y, num_classes, batch_size, draws):
   return x0, y
 
 
-def _class_sums(stats_fn: Callable[..., dict[str, Array]], schedule: Schedule,
+def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule: Schedule,
                 config: SamplerConfig, x0: np.ndarray, y: np.ndarray, key: jax.Array,
                 num_classes: int, batch_size: int, draws: int) -> dict[str, np.ndarray]:
   """Per plan step and class, sums over training series x `draws` noise draws of the DCT-domain
-  statistics `stats_fn(z0, z_t, x_t, t, yb, index) -> {name: [B, C, F]}`, where x_t =
+  statistics `stats_fn(params, z0, z_t, x_t, t, yb, index) -> {name: [B, C, F]}`, where x_t =
   q_sample(x0, t, eps), z0 = D x0 and z_t = D x_t: {name: float64[S, K, C, F]}, plus "count" [K].
   Static batch shapes (the last batch is padded with zero-weight rows); deterministic."""
   plan = sampling_plan(schedule, config)
@@ -353,13 +353,13 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], schedule: Schedule,
   d = jnp.asarray(dct_matrix(x0.shape[1]), jnp.float32)
 
   @jax.jit
-  def batch_sums(xb, yb, wb, bkey):
+  def batch_sums(params, xb, yb, wb, bkey):
     def one(args):
       t, i, tkey = args
       tb = jnp.full((xb.shape[0],), t, jnp.int32)
       x_t = gaussian.q_sample(schedule, xb, tb, jax.random.normal(tkey, xb.shape, xb.dtype))
       to_f = lambda a: jnp.einsum("ft,btc->bcf", d, a)
-      stats = stats_fn(to_f(xb), to_f(x_t), x_t, t, yb, i)
+      stats = stats_fn(params, to_f(xb), to_f(x_t), x_t, t, yb, i)
       return {n: jax.ops.segment_sum(v * wb[:, None, None], yb, num_segments=k)
               for n, v in stats.items()}
     return jax.lax.map(one, (ts, idx, jax.random.split(bkey, ts.shape[0])))  # [S, K, C, F]
@@ -376,7 +376,7 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], schedule: Schedule,
         yb = np.concatenate([yb, np.zeros(pad, np.int32)])
         wb = np.concatenate([wb, np.zeros(pad, np.float32)])
       bkey = jax.random.fold_in(jax.random.fold_in(key, dr), i)
-      out = batch_sums(jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb), bkey)
+      out = batch_sums(params, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb), bkey)
       for name, v in out.items():
         total[name] = total.get(name, 0.0) + np.asarray(v, np.float64)
   total["count"] = np.bincount(y, minlength=k).astype(np.float64) * int(draws)
@@ -403,11 +403,12 @@ def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedu
   eps_fn = make_predictor(apply_fn, schedule, config, num_classes, calibration)
   d = jnp.asarray(dct_matrix(x0.shape[1]), jnp.float32)
 
-  def stats(z0, z_t, x_t, t, yb, index):
-    eps = eps_fn(params, x_t, t, yb, index)
+  def stats(p, z0, z_t, x_t, t, yb, index):
+    eps = eps_fn(p, x_t, t, yb, index)
     return {"e2": jnp.square(jnp.einsum("ft,btc->bcf", d, eps))}
 
-  sums = _class_sums(stats, schedule, config, x0, y, key, num_classes, batch_size, draws)
+  sums = _class_sums(stats, params, schedule, config, x0, y, key, num_classes, batch_size,
+                     draws)
   counts = sums["count"][:, None, None]  # [K, 1, 1]
   gamma = np.where(counts > 0, sums["e2"] / np.maximum(counts, 1), 1.0)
   return gamma.astype(np.float32)
@@ -429,7 +430,8 @@ def estimate_calibration(apply_fn: Callable[..., Array], params: Any, schedule: 
   short; at higher frequencies the median slope is 0.14 (x0_hat's detail there barely predicts
   x0, so the line shrinks it and the analytic variance supplies that part as noise). The fit
   has two parameters per cell; slopes are clipped to [0, max_slope] (cells where x0_hat barely
-  varies give unstable ratios), and a class without series gets the identity. x0 and eps_hat
+  varies give unstable ratios; where it does not vary at all only the offset is fitted), and a
+  class without series gets the identity. x0 and eps_hat
   as in `estimate_gamma` (cfg included, no calibration). Returns float32 (slope, intercept),
   each [S, K, C, F]; deterministic.
   """
@@ -437,20 +439,33 @@ def estimate_calibration(apply_fn: Callable[..., Array], params: Any, schedule: 
   if not max_slope > 1.0:
     raise ValueError(f"max_slope must be > 1, got {max_slope}.")
   eps_fn = make_predictor(apply_fn, schedule, config, num_classes)
-  d = jnp.asarray(dct_matrix(x0.shape[1]), jnp.float32)
+  d64 = dct_matrix(x0.shape[1])
+  d = jnp.asarray(d64, jnp.float32)
+  # Moments are taken around each class's mean of z0 (exact, from the data): float32 sums of
+  # uncentred squares would lose small variances to rounding.
+  counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+  ref = np.zeros((num_classes, x0.shape[2], x0.shape[1]))
+  np.add.at(ref, y, np.einsum("ft,ntc->ncf", d64, x0.astype(np.float64)))
+  ref /= np.maximum(counts, 1)[:, None, None]
+  ref_j = jnp.asarray(ref, jnp.float32)
 
-  def stats(z0, z_t, x_t, t, yb, index):
+  def stats(p, z0, z_t, x_t, t, yb, index):
     x0_hat = gaussian.x0_from_eps(schedule, x_t, jnp.full(yb.shape, t, jnp.int32),
-                                  eps_fn(params, x_t, t, yb, index))
-    zh = jnp.einsum("ft,btc->bcf", d, x0_hat)
-    return {"z": z0, "h": zh, "hh": zh * zh, "zh": z0 * zh}
+                                  eps_fn(p, x_t, t, yb, index))
+    z, h = z0 - ref_j[yb], jnp.einsum("ft,btc->bcf", d, x0_hat) - ref_j[yb]
+    return {"z": z, "h": h, "zz": z * z, "hh": h * h, "zh": z * h}
 
-  sums = _class_sums(stats, schedule, config, x0, y, key, num_classes, batch_size, draws)
+  sums = _class_sums(stats, params, schedule, config, x0, y, key, num_classes, batch_size,
+                     draws)
   n = np.maximum(sums["count"], 1)[:, None, None]
   mz, mh = sums["z"] / n, sums["h"] / n
-  var_h = sums["hh"] / n - mh * mh
+  var_h, var_z = sums["hh"] / n - mh * mh, sums["zz"] / n - mz * mz
   cov = sums["zh"] / n - mz * mh
-  ok = (sums["count"][:, None, None] > 1) & (var_h > 1e-12 * np.maximum(sums["hh"] / n, 1e-30))
-  slope = np.where(ok, np.clip(cov / np.where(ok, var_h, 1.0), 0.0, max_slope), 1.0)
-  intercept = np.where(ok, mz - slope * mh, 0.0)
+  data = sums["count"][:, None, None] > 1
+  # Where x0_hat's spread is rounding (below 1e-4 of its second moment, or 1e-6 of x0's
+  # variance), a slope means nothing: only the offset is fitted (slope 1).
+  varies = data & (var_h > 1e-4 * sums["hh"] / n) & (var_h > 1e-6 * np.maximum(var_z, 1e-12))
+  slope = np.where(varies, np.clip(cov / np.where(varies, var_h, 1.0), 0.0, max_slope), 1.0)
+  # In centred coordinates z0 - ref ~ slope (z_hat - ref) + (mz - slope mh).
+  intercept = np.where(data, ref[None] * (1.0 - slope) + mz - slope * mh, 0.0)
   return X0Calibration(slope.astype(np.float32), intercept.astype(np.float32))
