@@ -147,6 +147,16 @@ def dct_matrix(n: int) -> np.ndarray:
   return d
 
 
+def _to_freq(x: Array) -> Array:
+  """Series [B, T, C] -> orthonormal DCT coefficients [B, C, F] along time (`dct_matrix`)."""
+  return jnp.einsum("ft,btc->bcf", jnp.asarray(dct_matrix(x.shape[1]), x.dtype), x)
+
+
+def _from_freq(z: Array) -> Array:
+  """The inverse of `_to_freq`: coefficients [B, C, F] -> series [B, T, C]."""
+  return jnp.einsum("ft,bcf->btc", jnp.asarray(dct_matrix(z.shape[-1]), z.dtype), z)
+
+
 def analytic_extra(plan: StepPlan, gamma: Any, num_classes: int) -> np.ndarray:
   """float32[S, K, C', F'] extra noise variance per step, class, channel and time frequency
   (C' = C or 1; F' = T or 1 = white) from gamma broadcastable to that shape: [S], [S, K, C]
@@ -176,9 +186,7 @@ def _shaped_noise(noise: Array, sigma: Array, ev: Array) -> Array:
   t = noise.shape[1]
   if ev.shape[-1] != t:
     raise ValueError(f"gamma has {ev.shape[-1]} frequencies; the samples have T = {t}.")
-  d = jnp.asarray(dct_matrix(t), noise.dtype)
-  wf = jnp.einsum("ft,btc->bfc", d, noise) * jnp.swapaxes(scale, 1, 2)
-  return jnp.einsum("ft,bfc->btc", d, wf)
+  return _from_freq(_to_freq(noise) * scale)
 
 
 class X0Calibration(NamedTuple):
@@ -223,11 +231,10 @@ def make_predictor(apply_fn: Callable[..., Array], schedule: Schedule, config: S
       eps = uncond + cfg_scale * (cond - uncond)
     if cal is None:
       return eps
-    d = jnp.asarray(dct_matrix(x.shape[1]), x.dtype)
     k = jnp.clip(y, 0, num_classes - 1)
-    z = jnp.einsum("ft,btc->bcf", d, gaussian.x0_from_eps(schedule, x, tb, eps))
+    z = _to_freq(gaussian.x0_from_eps(schedule, x, tb, eps))
     z = cal.slope[index][k] * z + cal.intercept[index][k]
-    return gaussian.eps_from_x0(schedule, x, tb, jnp.einsum("ft,bcf->btc", d, z))
+    return gaussian.eps_from_x0(schedule, x, tb, _from_freq(z))
 
   return eps_fn
 
@@ -350,7 +357,6 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule
   plan = sampling_plan(schedule, config)
   ts, idx = jnp.asarray(plan.t), jnp.asarray(plan.index)
   k = int(num_classes)
-  d = jnp.asarray(dct_matrix(x0.shape[1]), jnp.float32)
 
   @jax.jit
   def batch_sums(params, xb, yb, wb, bkey):
@@ -358,8 +364,7 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule
       t, i, tkey = args
       tb = jnp.full((xb.shape[0],), t, jnp.int32)
       x_t = gaussian.q_sample(schedule, xb, tb, jax.random.normal(tkey, xb.shape, xb.dtype))
-      to_f = lambda a: jnp.einsum("ft,btc->bcf", d, a)
-      stats = stats_fn(params, to_f(xb), to_f(x_t), x_t, t, yb, i)
+      stats = stats_fn(params, _to_freq(xb), _to_freq(x_t), x_t, t, yb, i)
       return {n: jax.ops.segment_sum(v * wb[:, None, None], yb, num_segments=k)
               for n, v in stats.items()}
     return jax.lax.map(one, (ts, idx, jax.random.split(bkey, ts.shape[0])))  # [S, K, C, F]
@@ -401,11 +406,9 @@ def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedu
   """
   x0, y = _check_training_series(x0, y, num_classes, batch_size, draws)
   eps_fn = make_predictor(apply_fn, schedule, config, num_classes, calibration)
-  d = jnp.asarray(dct_matrix(x0.shape[1]), jnp.float32)
 
   def stats(p, z0, z_t, x_t, t, yb, index):
-    eps = eps_fn(p, x_t, t, yb, index)
-    return {"e2": jnp.square(jnp.einsum("ft,btc->bcf", d, eps))}
+    return {"e2": jnp.square(_to_freq(eps_fn(p, x_t, t, yb, index)))}
 
   sums = _class_sums(stats, params, schedule, config, x0, y, key, num_classes, batch_size,
                      draws)
@@ -439,20 +442,18 @@ def estimate_calibration(apply_fn: Callable[..., Array], params: Any, schedule: 
   if not max_slope > 1.0:
     raise ValueError(f"max_slope must be > 1, got {max_slope}.")
   eps_fn = make_predictor(apply_fn, schedule, config, num_classes)
-  d64 = dct_matrix(x0.shape[1])
-  d = jnp.asarray(d64, jnp.float32)
   # Moments are taken around each class's mean of z0 (exact, from the data): float32 sums of
   # uncentred squares would lose small variances to rounding.
   counts = np.bincount(y, minlength=num_classes).astype(np.float64)
   ref = np.zeros((num_classes, x0.shape[2], x0.shape[1]))
-  np.add.at(ref, y, np.einsum("ft,ntc->ncf", d64, x0.astype(np.float64)))
+  np.add.at(ref, y, np.einsum("ft,ntc->ncf", dct_matrix(x0.shape[1]), x0.astype(np.float64)))
   ref /= np.maximum(counts, 1)[:, None, None]
   ref_j = jnp.asarray(ref, jnp.float32)
 
   def stats(p, z0, z_t, x_t, t, yb, index):
     x0_hat = gaussian.x0_from_eps(schedule, x_t, jnp.full(yb.shape, t, jnp.int32),
                                   eps_fn(p, x_t, t, yb, index))
-    z, h = z0 - ref_j[yb], jnp.einsum("ft,btc->bcf", d, x0_hat) - ref_j[yb]
+    z, h = z0 - ref_j[yb], _to_freq(x0_hat) - ref_j[yb]
     return {"z": z, "h": h, "zz": z * z, "hh": h * h, "zh": z * h}
 
   sums = _class_sums(stats, params, schedule, config, x0, y, key, num_classes, batch_size,
