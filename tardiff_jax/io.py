@@ -7,6 +7,7 @@ the same directory, flush and fsync, then `os.replace` (atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -90,6 +91,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
       except json.JSONDecodeError:
         continue
   return records
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+  """Hex sha256 of a file's bytes (checksums of artifacts and checkpoints)."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(chunk), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
 def _json_default(o: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The data contract (SPECS 1): a small immutable container for labelled multichannel series.
+"""The data contract: a small immutable container for labelled multichannel series.
 
 `x: float32[N, T, C]` (time-major per sample), `y: int32[N]`, `mask: bool[N, T, C]`
 (True = observed). Without a mask, NaN in `x` marks a missing value.
@@ -150,3 +150,37 @@ def _as_labels(y, name: str) -> np.ndarray:
   if y.size and y.min() < 0:
     raise DataError(f"{name}: array 'y' has negative labels (min {y.min()}); expected 0..K-1.")
   return y.astype(np.int32)
+
+
+def check_series(x, y=None, *, what: str = "x", allow_nan: bool = False, min_n: int = 1,
+                 num_classes: int | None = None):
+  """The one validator of model-ready series: `x` float[N, T, C] with N >= `min_n` (finite
+  unless `allow_nan`), and optional labels `y` int[N] in [0, num_classes) (non-negative when
+  num_classes is None). Returns float32 x, or (x, int32 y) when `y` is given. Raises DataError
+  naming `what` and the problem."""
+  x = np.asarray(x)
+  if x.dtype.kind not in "fiub":
+    raise DataError(f"{what} must be numeric [N, T, C]; got dtype {x.dtype}.")
+  if x.ndim != 3:
+    raise DataError(f"{what} must have shape [N, T, C]; got {x.shape}.")
+  if x.shape[0] < min_n:
+    raise DataError(f"{what} needs at least {min_n} series; got {x.shape[0]}.")
+  x = x.astype(np.float32, copy=False)
+  bad = np.isinf(x) if allow_nan else ~np.isfinite(x)
+  if bad.any():
+    raise DataError(f"{what} has {int(bad.sum())} non-finite values"
+                    + ("" if allow_nan else " (fill missing values first; the data layer "
+                       "fills them with 0 after normalisation)") + ".")
+  if y is None:
+    return x
+  y = np.asarray(y)
+  if y.shape != (x.shape[0],):
+    raise DataError(f"labels of {what} must have shape [{x.shape[0]}]; got {y.shape}.")
+  integral = y.dtype.kind in "iub" or (y.dtype.kind == "f" and np.all(np.isfinite(y))
+                                        and np.all(y == np.round(y)))
+  if y.size and (not integral or y.min() < 0):
+    raise DataError(f"labels of {what} must be non-negative integers; got {y.dtype} values "
+                    f"{np.unique(y)[:5].tolist()}.")
+  if num_classes is not None and y.size and y.max() >= num_classes:
+    raise DataError(f"labels of {what} must be in [0, {num_classes}); got max {y.max()}.")
+  return x, y.astype(np.int32)

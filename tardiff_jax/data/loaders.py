@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 
+from tardiff_jax import io as tio
 from tardiff_jax.data.dataset import DataError, Dataset, Splits
 
 _SPLITS = ("train", "val", "test")
@@ -167,3 +168,23 @@ def _check_splits(path: str, parts: dict[str, Dataset], class_names) -> Splits:
   for s in _SPLITS:
     _check_classes(path, parts[s], f"y_{s}")
   return Splits(**parts)
+
+
+def save_dataset(path: str | os.PathLike, x: np.ndarray, y: np.ndarray, *,
+                 mask: np.ndarray | None = None, channel_names=None, class_names=None,
+                 **extra: np.ndarray) -> None:
+  """Writes series in the contract's `.npz` layout (what `load_dataset` reads), atomically:
+  x float32[N, T, C], y int32[N], optional mask and the channel / class names as unicode arrays;
+  `extra` arrays (e.g. the generation method and scale) ride along."""
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  if x.ndim != 3 or y.shape != (x.shape[0],):
+    raise DataError(f"{path}: save_dataset needs x [N, T, C] and y [N]; got {x.shape}, "
+                    f"{y.shape}.")
+  arrays = dict(extra, x=x, y=y)
+  if mask is not None:
+    arrays["mask"] = np.asarray(mask, bool)
+  if channel_names is not None:
+    arrays["channel_names"] = np.asarray([str(c) for c in channel_names], np.str_)
+  if class_names is not None:
+    arrays["class_names"] = np.asarray([str(c) for c in class_names], np.str_)
+  tio.write_npz(path, **arrays)

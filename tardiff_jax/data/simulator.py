@@ -1,4 +1,4 @@
-"""An embedded ICU vitals simulator (SPECS 2): seeded, fully vectorised numpy, known ground truth.
+"""An embedded ICU vitals simulator: seeded, fully vectorised numpy, known ground truth.
 
 Each stay is `T` hourly steps of 7 vitals in clinical units (HR bpm, SBP/DBP/MAP mmHg, RR /min,
 temperature deg C, SpO2 %). Per stay: an age-like covariate and a frailty score shift the
@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
+from sklearn import metrics as skm
 
 from tardiff_jax.data.dataset import Dataset
 
@@ -252,7 +254,8 @@ def simulate_icu(num_stays: int, seed: int = 0, *, T: int = 24, missing_rate: fl
       subtype=np.where(has_det, det_type, -1).astype(np.int32),
       transient_subtype=np.where(has_tr, tr_type, -1).astype(np.int32),
       severity=(g_det + g_tr).astype(np.float32), age=age.astype(np.float32),
-      oracle_auroc=auroc(died, risk), oracle_auprc=average_precision(died, risk),
+      oracle_auroc=float(skm.roc_auc_score(died, risk)),
+      oracle_auprc=float(skm.average_precision_score(died, risk)),
       options=options)
 
 
@@ -287,32 +290,3 @@ def _solve_intercept(score: np.ndarray, target: float) -> float:
     else:
       hi = mid
   return 0.5 * (lo + hi)
-
-
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-  """Area under the ROC curve (Mann-Whitney, ties count one half); NaN with one class."""
-  y = np.asarray(y).astype(bool)
-  n1, n0 = int(y.sum()), int((~y).sum())
-  if n1 == 0 or n0 == 0:
-    return float("nan")
-  _, inv, counts = np.unique(np.asarray(score), return_inverse=True, return_counts=True)
-  ends = np.cumsum(counts)
-  avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct value.
-  ranks = avg_rank[inv]
-  return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
-
-
-def average_precision(y: np.ndarray, score: np.ndarray) -> float:
-  """Average precision: sum over distinct thresholds of (R_k - R_{k-1}) * P_k (step-wise)."""
-  y = np.asarray(y).astype(bool)
-  if not y.any():
-    return float("nan")
-  score = np.asarray(score)
-  order = np.argsort(-score, kind="mergesort")
-  s, yy = score[order], y[order]
-  last = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # Last index of each threshold.
-  tp = np.cumsum(yy)[last]
-  fp = (last + 1) - tp
-  precision = tp / (tp + fp)
-  recall = tp / y.sum()
-  return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
