@@ -1,27 +1,51 @@
-"""One-`lax.scan` samplers with a guidance hook, and batched generation."""
+"""One-`lax.scan` samplers with a guidance hook, their offline fits, and batched generation.
 
-from tardiff_jax.sampling.generate import class_counts, generate, write_synthetic
-from tardiff_jax.sampling.sampler import (
-    SAMPLERS,
-    VARIANCES,
-    SamplerConfig,
-    SamplerParts,
-    StepInfo,
-    StepPlan,
-    X0Calibration,
-    analytic_extra,
-    dct_matrix,
+`plan` (settings, per-step arrays, the guidance-hook protocol), `predictors` (model call,
+classifier-free guidance, x0 calibration), `steppers` (DDIM, DDPM, analytic-variance DDIM),
+`sampler` (the scan), `dct` (the time-frequency basis), `fitting` (gamma and the x0 calibration,
+fitted once per denoiser), `generate` (fixed-shape batches and class counts).
+"""
+
+from tardiff_jax.sampling.dct import dct_matrix, from_freq, to_freq
+from tardiff_jax.sampling.fitting import (
+    SamplerFit,
     estimate_calibration,
     estimate_gamma,
-    make_predictor,
-    make_sampler,
-    make_sampler_parts,
+    fit_sampler,
+    needs_fit,
+)
+from tardiff_jax.sampling.generate import class_counts, generate
+from tardiff_jax.sampling.plan import (
+    SAMPLERS,
+    VARIANCES,
+    GuidanceFn,
+    SamplerConfig,
+    StepInfo,
+    StepPlan,
     sampling_plan,
+)
+from tardiff_jax.sampling.predictors import (
+    X0Calibration,
+    make_predictor,
+    model_predictor,
+    with_calibration,
+    with_cfg,
+)
+from tardiff_jax.sampling.sampler import SamplerParts, make_sampler, make_sampler_parts
+from tardiff_jax.sampling.steppers import (
+    Stepper,
+    analytic_ddim_stepper,
+    analytic_extra,
+    ddim_stepper,
+    ddpm_stepper,
+    make_stepper,
 )
 
 __all__ = [
-    "SAMPLERS", "SamplerConfig", "SamplerParts", "StepInfo", "StepPlan", "VARIANCES",
-    "X0Calibration", "analytic_extra", "class_counts", "dct_matrix", "estimate_calibration",
-    "estimate_gamma", "generate", "make_predictor", "make_sampler", "make_sampler_parts",
-    "sampling_plan", "write_synthetic",
+    "SAMPLERS", "GuidanceFn", "SamplerConfig", "SamplerFit", "SamplerParts", "StepInfo",
+    "StepPlan", "Stepper", "VARIANCES", "X0Calibration", "analytic_ddim_stepper",
+    "analytic_extra", "class_counts", "dct_matrix", "ddim_stepper", "ddpm_stepper",
+    "estimate_calibration", "estimate_gamma", "fit_sampler", "from_freq", "generate",
+    "make_predictor", "make_sampler", "make_sampler_parts", "make_stepper", "model_predictor",
+    "needs_fit", "sampling_plan", "to_freq", "with_calibration", "with_cfg",
 ]

@@ -1,4 +1,4 @@
-"""Batched generation with one compiled shape, per-class counts and atomic output files."""
+"""Batched generation with one compiled shape and per-class counts."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 import jax
 import numpy as np
 
-from tardiff_jax import io as tio
 from tardiff_jax.training.progress import Progress
 
 
@@ -95,16 +94,3 @@ def generate(sample_fn_jitted: Callable[..., Any], params, gparams, key: jax.Arr
     xs[lo:hi] = np.asarray(out)[: hi - lo]
     prog.report(hi, elapsed_s=time.perf_counter() - t0)
   return xs, labels
-
-
-def write_synthetic(path: str, x_norm: np.ndarray, y: np.ndarray,
-                    normalizer_inverse: Callable[[np.ndarray], np.ndarray] | None) -> None:
-  """Writes `x` (original units via `normalizer_inverse`; None = as is) and `y` to an .npz,
-  atomically."""
-  x_norm, y = np.asarray(x_norm), np.asarray(y)
-  if x_norm.ndim != 3 or y.shape != (x_norm.shape[0],):
-    raise ValueError(f"write_synthetic needs x[N,T,C] and y[N], got {x_norm.shape}, {y.shape}.")
-  x = np.asarray(normalizer_inverse(x_norm) if normalizer_inverse is not None else x_norm)
-  if x.shape != x_norm.shape:
-    raise ValueError(f"normalizer_inverse changed the shape {x_norm.shape} -> {x.shape}.")
-  tio.write_npz(path, x=x.astype(np.float32), y=y.astype(np.int32))
