@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.interpolate import CubicSpline
 
+from tardiff_jax.data.dataset import check_series
+
 CountsLike = Mapping[int, int] | Sequence[int]
 
 
@@ -36,13 +38,7 @@ def _counts(n_per_class: CountsLike) -> dict[int, int]:
 
 
 def _check_xy(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  x = np.asarray(x)
-  y = np.asarray(y)
-  if x.ndim != 3:
-    raise ValueError(f"x must be [N, T, C]; got shape {x.shape}.")
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"y must be [N] with N = {x.shape[0]}; got shape {y.shape}.")
-  return x, y
+  return check_series(x, y, what="real x", allow_nan=True)
 
 
 def _class_indices(y: np.ndarray, k: int, n: int) -> np.ndarray:

@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
+from tardiff_jax.data.dataset import check_series
+from tardiff_jax.data.prepare import target_class
 from tardiff_jax.evaluation import metrics as mt
 from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
 from tardiff_jax.models.timesnet import timesnet_periods
@@ -31,8 +34,8 @@ METRIC_KEYS = ("auroc", "auprc", "minority_f1", "minority_f1_at_0.5")
 def evaluate_fresh(x_fit, y_fit, x_val, y_val, x_test, y_test,
                    classifier_config: ClassifierConfig, train_config: TrainClassifierConfig,
                    seeds: Sequence[int], *, minority: int | None = None,
-                   refit_periods: bool = True, name: str = "evaluate_fresh",
-                   quiet: bool = True) -> dict[str, Any]:
+                   target: int | None = None, refit_periods: bool = True,
+                   name: str = "evaluate_fresh", quiet: bool = True) -> dict[str, Any]:
   """Trains a fresh classifier per seed on (x_fit, y_fit) and scores it on the real test split.
 
   Args:
@@ -43,26 +46,33 @@ def evaluate_fresh(x_fit, y_fit, x_val, y_val, x_test, y_test,
     classifier_config: the downstream model (TimesNet or GRU).
     train_config: optimiser / early-stopping settings.
     seeds: S seeds, trained together (vmapped over params and keys).
-    minority: minority class for F1; None = the less frequent class of y_fit, or of y_val when
-      y_fit is balanced (e.g. a class-balanced synthetic set).
+    minority: minority class for F1 of a binary task; None = the less frequent class of y_fit,
+      or of y_val when y_fit is balanced (e.g. a class-balanced synthetic set).
+    target: the class scored one-vs-rest (AUROC, AUPRC, its F1); None = class 1 of a binary
+      task, the rarest training class otherwise. With K > 2 classes the metrics are those of
+      "target vs rest" and the F1 is the target class's.
     refit_periods: for TimesNet, recompute the periods from x_fit (a fresh model is set up on
       its own training data) instead of using those in `classifier_config`.
   Returns:
     {"auroc", "auprc", "minority_f1", "minority_f1_at_0.5": means over seeds,
      "std": {same keys: sample std over seeds (ddof=1; 0 for one seed)},
      "seeds": [per-seed {"seed", metrics..., "threshold", "best_epoch", "val_auprc"}],
-     "num_seeds", "minority_class", "n_fit", "periods"}.
+     "num_seeds", "minority_class", "target_class", "n_fit", "periods",
+     "curves": test ROC (tpr at `CURVE_GRID` false-positive rates) and PR (interpolated
+     precision at `CURVE_GRID` recalls), averaged over seeds}.
   """
   return evaluate_fresh_group([(x_fit, y_fit)], x_val, y_val, x_test, y_test,
                               classifier_config, train_config, seeds, minority=minority,
-                              refit_periods=refit_periods, name=name, quiet=quiet)[0]
+                              target=target, refit_periods=refit_periods, name=name,
+                              quiet=quiet)[0]
 
 
 def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_test, y_test,
                          classifier_config: ClassifierConfig,
                          train_config: TrainClassifierConfig, seeds: Sequence[int], *,
-                         minority: int | None = None, refit_periods: bool = True,
-                         epoch_size: int | None = None, name: str = "evaluate_fresh",
+                         minority: int | None = None, target: int | None = None,
+                         refit_periods: bool = True, epoch_size: int | None = None,
+                         name: str = "evaluate_fresh",
                          quiet: bool = True) -> list[dict[str, Any]]:
   """`evaluate_fresh` for several training sets at once: one vmapped training of every
   (set, seed) member (e.g. TSTR and all TSRTR ratios of one method, 3 seeds each).
@@ -78,25 +88,25 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
   """
   if not fit_sets:
     raise ValueError("evaluate_fresh: need at least one training set.")
-  y_test = np.asarray(y_test)
-  if np.asarray(x_test).ndim != 3:
-    raise ValueError(f"evaluate_fresh: x_test must be [N, T, C]; got {np.shape(x_test)}.")
-  if np.asarray(x_test).shape[0] != y_test.shape[0] or y_test.size == 0:
-    raise ValueError("evaluate_fresh: x_test and y_test must be non-empty with equal length.")
+  x_test, y_test = check_series(x_test, y_test, what="evaluate_fresh: x_test")
+  x_val, y_val = check_series(x_val, y_val, what="evaluate_fresh: x_val")
   seeds = [int(s) for s in seeds]
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"evaluate_fresh: seeds must be distinct; got {seeds}.")
   sets, minorities, cfgs = [], [], []
+  k = max([int(y_val.max()), int(y_test.max())] + [int(np.max(y)) for _, y in fit_sets]) + 1
+  binary = k <= 2
+  if target is None:
+    target = 1 if binary else target_class(np.bincount(np.asarray(fit_sets[0][1]), minlength=k))
   for x_fit, y_fit in fit_sets:
-    x_fit = np.asarray(x_fit, np.float32)
-    y_fit = np.asarray(y_fit)
-    if x_fit.ndim != 3:
-      raise ValueError(f"evaluate_fresh: x arrays must be [N, T, C]; got fit {x_fit.shape}.")
-    if np.asarray(x_test).shape[1:] != x_fit.shape[1:]:
-      raise ValueError(f"evaluate_fresh: test [T, C] {np.shape(x_test)[1:]} differs from fit "
+    x_fit, y_fit = check_series(x_fit, y_fit, what="evaluate_fresh: training x")
+    if x_test.shape[1:] != x_fit.shape[1:]:
+      raise ValueError(f"evaluate_fresh: test [T, C] {x_test.shape[1:]} differs from fit "
                        f"{x_fit.shape[1:]}.")
     m = minority
-    if m is None:
+    if not binary:
+      m = 1  # Metrics are "target vs rest": the F1 is the target class's.
+    elif m is None:
       n1 = int(np.sum(y_fit == 1))
       m = mt.minority_class(np.asarray(y_val) if 2 * n1 == y_fit.size else y_fit)
     cfg = classifier_config
@@ -105,6 +115,9 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
     sets.append((x_fit, y_fit))
     minorities.append(int(m))
     cfgs.append(cfg)
+  # Labels the metrics see: as they are for a binary task, "is the target" otherwise.
+  y_val_m, y_test_m = ((y_val, y_test) if binary else
+                       ((y_val == target).astype(np.int32), (y_test == target).astype(np.int32)))
 
   results: list[dict[str, Any] | None] = [None] * len(sets)
   for cfg in dict.fromkeys(cfgs):  # One vmapped training per distinct model config (periods).
@@ -117,15 +130,34 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
     classifier = make_classifier(cfg)
     params, hists = train_classifier_seeds(
         classifier, x_pool, y_pool, x_val, y_val, train_config, seeds * len(members),
-        subsets=subsets, epoch_size=epoch_size, name=name, quiet=quiet)
-    p_val = predict_proba(classifier, params, x_val, train_config.eval_batch_size, stacked=True)
+        subsets=subsets, epoch_size=epoch_size, target=target, name=name, quiet=quiet)
+    p_val = predict_proba(classifier, params, x_val, train_config.eval_batch_size, stacked=True,
+                          target=target)
     p_test = predict_proba(classifier, params, x_test, train_config.eval_batch_size,
-                           stacked=True)
-    for k, j in enumerate(members):
-      rows = range(k * len(seeds), (k + 1) * len(seeds))
-      results[j] = _summarise([hists[i] for i in rows], p_val[list(rows)], p_test[list(rows)],
-                              y_val, y_test, minorities[j], cfg, sets[j][0].shape[0])
+                           stacked=True, target=target)
+    for i, j in enumerate(members):
+      rows = range(i * len(seeds), (i + 1) * len(seeds))
+      results[j] = _summarise([hists[r] for r in rows], p_val[list(rows)], p_test[list(rows)],
+                              y_val_m, y_test_m, minorities[j], cfg, sets[j][0].shape[0])
+      results[j]["target_class"] = int(target)
   return results
+
+
+CURVE_GRID = np.linspace(0.0, 1.0, 101)
+
+
+def _curves(y_test: np.ndarray, p_test: np.ndarray) -> dict[str, list[float]]:
+  """Test ROC (tpr at CURVE_GRID false-positive rates) and PR (interpolated precision: the best
+  precision at recall >= r, at CURVE_GRID recalls), averaged over seeds. p_test: [S, N]."""
+  tprs, precs = [], []
+  for p in p_test:
+    fpr, tpr, _ = skm.roc_curve(y_test, p)
+    tprs.append(np.interp(CURVE_GRID, fpr, tpr))
+    prec, rec, _ = skm.precision_recall_curve(y_test, p)
+    best = np.maximum.accumulate(prec)  # recall is decreasing: running max = best at >= r
+    precs.append(np.interp(CURVE_GRID, rec[::-1], best[::-1]))
+  return {"tpr": np.mean(tprs, axis=0).round(5).tolist(),
+          "precision": np.mean(precs, axis=0).round(5).tolist()}
 
 
 def _summarise(hists, p_val, p_test, y_val, y_test, minority: int, cfg: ClassifierConfig,
@@ -147,5 +179,6 @@ def _summarise(hists, p_val, p_test, y_val, y_test, minority: int, cfg: Classifi
   out.update(seeds=per_seed, num_seeds=len(per_seed), minority_class=int(minority),
              n_fit=int(n_fit), periods=None if cfg.periods is None else list(cfg.periods),
              train_time_s=float(hists[0]["time_s"]),
-             epoch_size=int(hists[0]["epoch_size"]), group_size=int(hists[0]["group_size"]))
+             epoch_size=int(hists[0]["epoch_size"]), group_size=int(hists[0]["group_size"]),
+             curves=_curves(y_test, p_test))
   return out

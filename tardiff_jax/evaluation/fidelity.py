@@ -1,4 +1,5 @@
-"""Fidelity of synthetic series (SPECS 6): discriminative and predictive scores, marginal stats.
+"""Fidelity of synthetic series: discriminative and predictive scores (TimeGAN, Yoon et al.
+2019), marginal statistics.
 
 Both scores train small 1-layer GRUs (Flax Linen `nn.RNN(nn.GRUCell)`). The `repeats` of one
 score are trained together: one jitted function, `vmap`ped over repeats (params, keys and data
@@ -12,25 +13,15 @@ imputed/complete series to both arguments so missingness itself is not a give-aw
 from __future__ import annotations
 
 import functools
+import warnings
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-
-class GRUNet(nn.Module):
-  """1-layer GRU + linear head. x: [B, T, C] -> [B] (last state) or [B, T] (per step)."""
-  hidden: int
-  per_step: bool = False
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.RNN(nn.GRUCell(features=self.hidden))(x)  # [B, T, H]
-    if not self.per_step:
-      h = h[:, -1]
-    return nn.Dense(1)(h)[..., 0]
+from tardiff_jax.data.dataset import check_series
+from tardiff_jax.models.gru import SequenceGRU
 
 
 def default_hidden(num_channels: int) -> int:
@@ -43,10 +34,7 @@ def default_hidden(num_channels: int) -> int:
 
 
 def _check(name: str, x: np.ndarray) -> np.ndarray:
-  x = np.asarray(x, np.float32)
-  if x.ndim != 3 or x.shape[0] == 0:
-    raise ValueError(f"{name} must be a non-empty [N, T, C] array; got shape {x.shape}.")
-  return x
+  return check_series(x, what=name, allow_nan=True)
 
 
 def _check_hparams(repeats: int, steps: int, batch_size: int, learning_rate: float) -> None:
@@ -77,30 +65,38 @@ def _scale_fill(x: np.ndarray, lo: np.ndarray, rng: np.ndarray) -> np.ndarray:
   return np.where(np.isfinite(z), z, fill).astype(np.float32)
 
 
+def _fit_gru(model: SequenceGRU, tx: optax.GradientTransformation, loss_fn, steps: int,
+             batch_size: int, key: jax.Array, train: tuple[jax.Array, ...]):
+  """Parameters of `model` after `steps` Adam steps on `loss_fn(params, *minibatch)`, the
+  minibatches drawn with replacement from the arrays `train` (one `lax.scan`)."""
+  k_init, k_data = jax.random.split(key)
+  params = model.init(k_init, train[0][:1])
+  with jax.numpy_dtype_promotion("standard"):
+    opt_state = tx.init(params)
+
+  def step(carry, i):
+    p, s = carry
+    idx = jax.random.randint(jax.random.fold_in(k_data, i), (batch_size,), 0, train[0].shape[0])
+    loss, g = jax.value_and_grad(loss_fn)(p, *(a[idx] for a in train))
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int/float internally
+      upd, s = tx.update(g, s, p)
+    return (optax.apply_updates(p, upd), s), loss
+
+  (params, _), _ = jax.lax.scan(step, (params, opt_state), jnp.arange(steps))
+  return params
+
+
 @functools.lru_cache(maxsize=16)
 def _disc_fn(hidden: int, steps: int, batch_size: int, learning_rate: float):
   """Jitted (keys[R], xtr[R,n,T,C], ytr[R,n], xte[R,m,T,C], yte[R,m]) -> held-out accuracy[R]."""
-  model = GRUNet(hidden)
+  model = SequenceGRU(hidden)
   tx = optax.adam(learning_rate)
 
+  def loss_fn(p, xb, yb):
+    return optax.sigmoid_binary_cross_entropy(model.apply(p, xb), yb).mean()
+
   def one(key, xtr, ytr, xte, yte):
-    k_init, k_data = jax.random.split(key)
-    params = model.init(k_init, xtr[:1])
-    with jax.numpy_dtype_promotion("standard"):
-      opt_state = tx.init(params)
-
-    def loss_fn(p, xb, yb):
-      return optax.sigmoid_binary_cross_entropy(model.apply(p, xb), yb).mean()
-
-    def step(carry, i):
-      p, s = carry
-      idx = jax.random.randint(jax.random.fold_in(k_data, i), (batch_size,), 0, xtr.shape[0])
-      loss, g = jax.value_and_grad(loss_fn)(p, xtr[idx], ytr[idx])
-      with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int/float internally
-        upd, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, upd), s), loss
-
-    (params, _), _ = jax.lax.scan(step, (params, opt_state), jnp.arange(steps))
+    params = _fit_gru(model, tx, loss_fn, steps, batch_size, key, (xtr, ytr))
     pred = model.apply(params, xte) > 0
     return jnp.mean(pred == (yte > 0.5))
 
@@ -157,39 +153,28 @@ def discriminative_score(x_real: np.ndarray, x_syn: np.ndarray, seed: int, repea
 
 @functools.lru_cache(maxsize=16)
 def _pred_fn(hidden: int, steps: int, batch_size: int, learning_rate: float):
-  """Jitted (keys[R], xin[n,T-1,C-1], tgt[n,T-1], xin_te, tgt_te, obs_te) -> test MAE[R]."""
-  model = GRUNet(hidden, per_step=True)
+  """Jitted (keys[R], xin[n,T-1,C'], tgt[n,T-1], obs, xin_te, tgt_te, obs_te) -> test MAE[R]."""
+  model = SequenceGRU(hidden, per_step=True)
   tx = optax.adam(learning_rate)
 
+  def loss_fn(p, xb, tb, ob):
+    err = jnp.abs(model.apply(p, xb) - tb) * ob
+    return err.sum() / jnp.maximum(ob.sum(), 1.0)
+
   def one(key, xin, tgt, obs, xin_te, tgt_te, obs_te):
-    k_init, k_data = jax.random.split(key)
-    params = model.init(k_init, xin[:1])
-    with jax.numpy_dtype_promotion("standard"):
-      opt_state = tx.init(params)
-
-    def loss_fn(p, xb, tb, ob):
-      err = jnp.abs(model.apply(p, xb) - tb) * ob
-      return err.sum() / jnp.maximum(ob.sum(), 1.0)
-
-    def step(carry, i):
-      p, s = carry
-      idx = jax.random.randint(jax.random.fold_in(k_data, i), (batch_size,), 0, xin.shape[0])
-      loss, g = jax.value_and_grad(loss_fn)(p, xin[idx], tgt[idx], obs[idx])
-      with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes int/float internally
-        upd, s = tx.update(g, s, p)
-      return (optax.apply_updates(p, upd), s), loss
-
-    (params, _), _ = jax.lax.scan(step, (params, opt_state), jnp.arange(steps))
+    params = _fit_gru(model, tx, loss_fn, steps, batch_size, key, (xin, tgt, obs))
     return loss_fn(params, xin_te, tgt_te, obs_te)
 
   return jax.jit(jax.vmap(one, in_axes=(0, None, None, None, None, None, None)))
 
 
 def _pred_arrays(x: np.ndarray, lo: np.ndarray, rng: np.ndarray):
-  """Inputs (channels 0..C-2 at steps 0..T-2), targets (last channel at 1..T-1), observed."""
+  """Inputs (channels 0..C-2 at steps 0..T-2; the channel itself when C = 1), targets (last
+  channel at 1..T-1), observed."""
   target_obs = np.isfinite(x[:, 1:, -1]).astype(np.float32)
   z = _scale_fill(x, lo, rng)
-  return z[:, :-1, :-1], z[:, 1:, -1], target_obs
+  inputs = z[:, :-1, :-1] if z.shape[2] > 1 else z[:, :-1]
+  return inputs, z[:, 1:, -1], target_obs
 
 
 def predictive_score(x_train_source: np.ndarray, x_test_real: np.ndarray, seed: int,
@@ -197,22 +182,23 @@ def predictive_score(x_train_source: np.ndarray, x_test_real: np.ndarray, seed: 
                      batch_size: int = 64, learning_rate: float = 5e-3) -> dict:
   """TimeGAN predictive score: test MAE of a GRU predicting the last channel one step ahead.
 
-  The GRU reads channels 0..C-2 up to step t and predicts channel C-1 at step t+1 (L1 loss),
+  The GRU reads channels 0..C-2 up to step t and predicts channel C-1 at step t+1 (L1 loss;
+  a univariate series predicts its own next step from its past),
   trained on `x_train_source` (synthetic for the TSTR-style score, real train for the
   train-on-real reference), tested on `x_test_real`. Both are min-max scaled with the per-channel
   range of `x_test_real`, so MAEs of different sources are in the same units and comparable.
   Targets missing (NaN) in either set are left out of loss/MAE. Lower is better.
 
   Args:
-    x_train_source: float[Ns, T, C]; x_test_real: float[Nt, T, C]; C >= 2, T >= 2.
+    x_train_source: float[Ns, T, C]; x_test_real: float[Nt, T, C]; T >= 2.
   Returns:
     {"mean", "std", "per_repeat": [R floats], "repeats": R, "hidden": H} (MAE, scaled units).
   """
   xs, xt = _check("x_train_source", x_train_source), _check("x_test_real", x_test_real)
   if xs.shape[1:] != xt.shape[1:]:
     raise ValueError(f"x_train_source {xs.shape} and x_test_real {xt.shape} differ in T or C.")
-  if xs.shape[1] < 2 or xs.shape[2] < 2:
-    raise ValueError(f"predictive_score needs T >= 2 and C >= 2; got shape {xs.shape}.")
+  if xs.shape[1] < 2:
+    raise ValueError(f"predictive_score needs T >= 2; got shape {xs.shape}.")
   _check_hparams(repeats, steps, batch_size, learning_rate)
   hidden = default_hidden(xs.shape[2]) if hidden is None else int(hidden)
   lo, rng_ = _minmax(xt)
@@ -235,7 +221,9 @@ def _channel_stats(x: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, ...
   with gaps and complete synthetic series would not be comparable.
   """
   xo = np.where(observed, x, np.nan).astype(np.float64)
-  with np.errstate(invalid="ignore", divide="ignore"):
+  # A series with a channel never observed has no level of its own: its pairs drop out.
+  with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
     mean = np.nanmean(xo, axis=(0, 1))
     std = np.nanstd(xo, axis=(0, 1))
     d = xo - np.nanmean(xo, axis=1, keepdims=True)  # remove each series' own level

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tardiff_jax.data.dataset import check_series
+
 PyTree = Any
 
 
@@ -29,12 +31,7 @@ def per_example_grad_norms(loss_fn: Callable[..., jax.Array], params: PyTree, x,
   Returns:
     float64[N] gradient norms (numpy).
   """
-  x = np.asarray(x, np.float32)
-  y = np.asarray(y)
-  if x.ndim != 3 or y.shape != (x.shape[0],):
-    raise ValueError(f"grad norms need x [N, T, C] and y [N]; got {x.shape} and {y.shape}.")
-  if x.shape[0] == 0:
-    raise ValueError("grad norms: no examples.")
+  x, y = check_series(x, y, what="grad norms: x")
   if int(batch_size) < 1:
     raise ValueError(f"grad norms: batch_size must be >= 1, got {batch_size}.")
   n = x.shape[0]

@@ -1,4 +1,5 @@
-"""Binary classification metrics (SPECS 6) with scikit-learn.
+"""Binary classification metrics with scikit-learn (one-vs-rest for a target class of a
+multi-class task: the callers binarise the labels).
 
 - AUROC: `sklearn.metrics.roc_auc_score`, positive class = label 1.
 - AUPRC: *average precision* (`sklearn.metrics.average_precision_score`), i.e. the step-wise sum

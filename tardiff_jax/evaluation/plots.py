@@ -231,3 +231,31 @@ def plot_grad_norms(path: str | os.PathLike, grad_norms: Mapping[str, object]) -
   ax.set_xlabel("class")
   ax.grid(axis="y", alpha=0.3)
   return _save(fig, path)
+
+
+def plot_curves(path: str | os.PathLike, curves: Mapping[str, Mapping[str, Sequence[float]]],
+                grid: Sequence[float], title: str = "") -> str:
+  """Test ROC and precision-recall curves, one line per method.
+
+  curves: {method: {"tpr": true-positive rates at the false-positive rates `grid`,
+  "precision": interpolated precision at the recalls `grid`}} (e.g. seed-averaged curves of
+  `tardiff_jax.evaluation.downstream`).
+  """
+  if not curves:
+    raise ValueError("plot_curves: no curves.")
+  grid = np.asarray(grid, np.float64)
+  fig = Figure(figsize=(9.0, 4.0))
+  roc, pr = fig.subplots(1, 2)
+  for i, (name, c) in enumerate(curves.items()):
+    style = {"color": "k", "ls": ":"} if name.startswith("real") else {"color": f"C{i}"}
+    roc.plot(grid, np.asarray(c["tpr"]), lw=1.2, label=name, **style)
+    pr.plot(grid, np.asarray(c["precision"]), lw=1.2, label=name, **style)
+  roc.plot([0, 1], [0, 1], color="0.7", lw=0.8)
+  roc.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
+  pr.set(xlabel="recall", ylabel="precision (interpolated)", title="Precision-recall")
+  for ax in (roc, pr):
+    ax.grid(alpha=0.3)
+  pr.legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  return _save(fig, path)

@@ -1,4 +1,4 @@
-"""Membership-inference risk of synthetic data (SPECS 6).
+"""Membership-inference risk of synthetic data.
 
 Attack: a real series is called a training member when a synthetic series lies close to it.
 Score = -(Euclidean distance to the nearest synthetic series), on flattened series normalised
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from tardiff_jax.data.dataset import check_series
 
 
 def _flat_normalised(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
@@ -48,13 +50,8 @@ def membership_inference_auroc(x_train_real: np.ndarray, x_test_real: np.ndarray
   Returns:
     attack AUROC in [0, 1] (0.5 = private).
   """
-  arrays = {"x_train_real": x_train_real, "x_test_real": x_test_real, "x_syn": x_syn}
-  shapes = {}
-  for name, a in arrays.items():
-    a = np.asarray(a)
-    if a.ndim != 3 or a.shape[0] == 0:
-      raise ValueError(f"{name} must be a non-empty [N, T, C] array; got shape {a.shape}.")
-    shapes[name] = a.shape[1:]
+  shapes = {name: check_series(a, what=name, allow_nan=True).shape[1:] for name, a in
+            (("x_train_real", x_train_real), ("x_test_real", x_test_real), ("x_syn", x_syn))}
   if len(set(shapes.values())) != 1:
     raise ValueError(f"T and C must agree: {shapes}.")
   xtr = np.asarray(x_train_real, np.float64)

@@ -1,10 +1,11 @@
-"""`report.json` (the SPECS 3 keys, validated) and `report.md` (a two-minute read).
+"""`report.json` (validated) and `report.md` (a two-minute read).
 
 `build_report` assembles and validates the report dict; `write_report` writes both files
-atomically. report.json holds exactly the top-level keys of SPECS 3 (`REQUIRED`), plus `extras`
-only when the caller passes some (e.g. notes on trimmed protocol parts). Nested entries may carry
-more than the required keys (spreads, per-seed values, seed counts); every number anywhere in the
-report must be finite.
+atomically. report.json holds the top-level keys `REQUIRED` (dataset, methods, tstr, tsrtr,
+fidelity, privacy, grad_norms, timing), plus the `OPTIONAL` ones the caller passes (`extras`:
+notes on trimmed protocol parts, scales, the scale sweep; `fidelity_channels`: per-class,
+per-channel statistics). Nested entries may carry more than the required keys (spreads,
+per-seed values, seed counts); every number anywhere in the report must be finite.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ DATASET_KEYS = ("name", "n_train", "n_val", "n_test", "T", "C", "prevalence_trai
 TIMING_KEYS = ("train_diffusion_s", "train_classifier_s", "cache_guidance_s", "generate_s",
                "samples_per_s")
 REQUIRED = ("dataset", "methods", "tstr", "tsrtr", "fidelity", "privacy", "grad_norms", "timing")
+OPTIONAL = ("extras", "fidelity_channels")
 REAL = "real"  # The train-on-real (TRTR) row of `tstr`.
 
 
@@ -99,11 +101,11 @@ def _need(d: Any, keys: Sequence[str], path: str) -> None:
 
 
 def validate_report(report: Mapping[str, Any]) -> None:
-  """Checks the SPECS 3 structure: every required key present, every number finite."""
+  """Checks the structure: every required key present, every number finite."""
   for k in REQUIRED:
     if k not in report:
       raise ReportError(f"report: missing top-level key {k!r}.")
-  unknown = set(report) - set(REQUIRED) - {"extras"}
+  unknown = set(report) - set(REQUIRED) - set(OPTIONAL)
   if unknown:
     raise ReportError(f"report: unexpected top-level keys {sorted(unknown)}.")
   _need(report["dataset"], DATASET_KEYS, "dataset")
@@ -150,8 +152,9 @@ def build_report(dataset_info: Mapping[str, Any], methods: Sequence[str],
                  tstr: Mapping[str, Mapping], tsrtr: Mapping[str, Mapping],
                  fidelity: Mapping[str, Mapping], privacy: Mapping[str, Any],
                  grad_norms: Mapping[Any, Mapping], timing: Mapping[str, float],
-                 extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
-  """Assembles and validates report.json's dict (SPECS 3).
+                 extras: Mapping[str, Any] | None = None,
+                 fidelity_channels: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Assembles and validates report.json's dict.
 
   Args:
     dataset_info: {"name", "n_train", "n_val", "n_test", "T", "C", "prevalence_train", ...
@@ -166,8 +169,10 @@ def build_report(dataset_info: Mapping[str, Any], methods: Sequence[str],
       value, `<name>_std`, `<name>_repeats`). Optional "real": {"predictive": train-on-real MAE}.
     privacy: {method: {"mir": AUROC}} or {method: AUROC}.
     grad_norms: {class: {"mean", "std", ...}}; class keys become strings.
-    timing: the five SPECS 3 stage timings (seconds) and samples_per_s, plus any extras.
+    timing: the stage timings `TIMING_KEYS` (seconds) and samples_per_s, plus any others.
     extras: optional JSON-able dict (e.g. {"notes": ["..."]}), stored under "extras".
+    fidelity_channels: optional {"reference", "channels", "classes": {class: {source:
+      {channel: {"mean", "std", "acf1"}}}}} (`source` "real" or a method), in original units.
   Returns:
     the report dict. Raises ReportError (a ValueError) naming any missing or non-finite key.
   """
@@ -200,6 +205,8 @@ def build_report(dataset_info: Mapping[str, Any], methods: Sequence[str],
   }
   if extras:
     report["extras"] = dict(extras)
+  if fidelity_channels:
+    report["fidelity_channels"] = dict(fidelity_channels)
   validate_report(report)
   return report
 
@@ -329,6 +336,8 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     lines.append(f"| {_method_label(m)} | {cell(fid.get(m), 'discriminative')} | "
                  f"{cell(fid.get(m), 'predictive')} | {cell(priv.get(m), 'mir')} |")
 
+  lines += _channel_tables(report.get("fidelity_channels"))
+
   lines += ["", "## Guidance gradient norms by class", "",
             "| class | mean | std | count |", "|---|---|---|---|"]
   for c, e in report["grad_norms"].items():
@@ -355,6 +364,28 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     for note in ([notes] if isinstance(notes, str) else notes):
       lines.append(f"- {note}")
   return "\n".join(lines) + "\n"
+
+
+def _channel_tables(table: Mapping[str, Any] | None) -> list[str]:
+  """Per class: one row per channel, 'mean ± SD (lag-1 acf)' of real and each method."""
+  if not table:
+    return []
+  lines = ["", "## Per-class, per-channel statistics (original units)",
+           f"Each cell: mean ± SD (lag-1 autocorrelation) over observed values; real = "
+           f"{table.get('reference', 'real data')}."]
+  for cname, by_src in table["classes"].items():
+    srcs = list(by_src)
+    lines += ["", f"**{cname}**", "", "| channel | " + " | ".join(srcs) + " |",
+              "|---|" + "---|" * len(srcs)]
+    for ch in table["channels"]:
+      cells = []
+      for src in srcs:
+        st = by_src[src].get(ch)
+        fmt = lambda v, f: "nan" if v is None else format(v, f)  # noqa: E731
+        cells.append("-" if st is None else f"{fmt(st['mean'], '.4g')} ± "
+                     f"{fmt(st['std'], '.3g')} ({fmt(st['acf1'], '.2f')})")
+      lines.append(f"| {ch} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def write_report(workdir: str | os.PathLike, report: Mapping[str, Any],

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tardiff_jax import io as tio
+from tardiff_jax.data.dataset import check_series
 from tardiff_jax.influence.scores import LossFn, tree_norm
 
 CLASS_FILTERS = ("all", "minority", "majority")
@@ -92,12 +93,7 @@ def build_guidance_cache(loss_fn: LossFn, params: Any, x: np.ndarray, y: np.ndar
   """
   if batch_size <= 0:
     raise ValueError(f"cache batch_size must be positive, got {batch_size}.")
-  x = np.asarray(x, np.float32)
-  y = np.asarray(y)
-  if x.ndim != 3:
-    raise ValueError(f"Guidance inputs must be float[N, T, C], got shape {x.shape}.")
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"Guidance labels shape {y.shape} does not match x with N={x.shape[0]}.")
+  x, y = check_series(x, y, what="guidance inputs x")
   t0 = time.perf_counter()
   rows = select_rows(y, class_filter)
   xs, ys = x[rows], y[rows].astype(np.int32)

@@ -25,36 +25,44 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from tardiff_jax.config.fields import option
 from tardiff_jax.influence import scores
 from tardiff_jax.influence.scores import LossFn
+from tardiff_jax.sampling.plan import GuidanceFn
 
-METHODS = ("tardiff", "classifier", "batch", "none")
 EVALUATE_ON = ("x0_hat", "x_t")
-
-GuidanceFn = Callable[[Any, Array, Array, Array, Any], Array]
+INFLUENCE_VARIANTS = ("dot", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
 class GuidanceConfig:
-  """Typed view of the `guidance` config section (see configs/default.py for each field)."""
-  method: str = "tardiff"
-  variant: str = "dot"
-  scale: float = 100.0
-  evaluate_on: str = "x0_hat"
-  through_denoiser: bool = False
-  class_filter: str = "all"
-  normalize_cache: bool = False
-  cache_batch_size: int = 256
-  scale_grid: tuple[float, ...] = (0.0, 10.0, 100.0, 1000.0)
-  select_scale: bool = True
-  class_scales: tuple[float, ...] = ()
-  clip: float = 0.0
-  normalize_grad: bool = False
+  """How guided methods steer sampling, and each method's scale w (w > 0 favours samples whose
+  addition to the downstream training set lowers the guidance-set loss)."""
+  variant: str = option("dot", "Influence score of the tardiff method: 'dot' (paper Algorithm "
+                               "1) or 'cosine' (paper Eq. 20).")
+  # Measured on the default run (benchmarks/results/influence_vs_scale.md): w = 10 moves samples
+  # by ~0.5 SD RMS, w = 100 by ~2.8 SD, w = 1000 by ~22 SD (samples destroyed).
+  scale: float | None = option(None, "tardiff's w; None = chosen on evaluation-val AUPRC over "
+                                     "scale_grid (never test).")
+  scale_grid: tuple[float, ...] = option((0.0, 3.0, 10.0, 30.0), "Candidate w when scale is "
+                                                                 "None.")
+  class_scales: tuple[float, ...] = option((), "Per-class w of tardiff (one per label); "
+                                               "() = use scale.")
+  classifier_scale: float = option(1.0, "w of classifier guidance (grad log p(y|x)).")
+  batch_scale: float = option(1.0, "w of the reference code's batch-normalised guidance.")
+  evaluate_on: str = option("x0_hat", "Where the guide reads the sample: 'x0_hat' or 'x_t'.")
+  through_denoiser: bool = option(False, "Differentiate through x0_hat(x_t).")
+  class_filter: str = option("all", "G over 'all', 'minority' or 'majority' guidance samples.")
+  normalize_cache: bool = option(False, "l2-normalise G.")
+  cache_batch_size: int = option(256, "Guidance examples per vmapped batch.")
+  clip: float = option(0.0, "Max per-sample l2 norm of the guidance gradient J; 0 = off.")
+  normalize_grad: bool = option(False, "Divide J by its per-sample l2 norm.")
 
   def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f"guidance.method={self.method!r}; expected one of {METHODS}.")
-    scores.check_variant(self.variant)
+    if self.variant not in INFLUENCE_VARIANTS:
+      raise ValueError(f"guidance.variant={self.variant!r}; expected one of "
+                       f"{INFLUENCE_VARIANTS} (classifier and batch guidance are methods of "
+                       "their own: list them in evaluation.methods).")
     if self.evaluate_on not in EVALUATE_ON:
       raise ValueError(f"guidance.evaluate_on={self.evaluate_on!r}; expected one of {EVALUATE_ON}.")
     if self.through_denoiser and self.evaluate_on != "x0_hat":
@@ -67,36 +75,17 @@ class GuidanceConfig:
       raise ValueError(f"guidance.cache_batch_size must be positive, got {self.cache_batch_size}.")
     if self.clip < 0:
       raise ValueError(f"guidance.clip must be >= 0 (0 = off), got {self.clip}.")
-
-  @classmethod
-  def from_config(cls, section: Any) -> GuidanceConfig:
-    """From a config section (ConfigDict or mapping); unknown fields raise a ValueError."""
-    d = section.to_dict() if hasattr(section, "to_dict") else dict(section)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise ValueError(f"Unknown guidance config fields {unknown}; known: {sorted(names)}.")
-    for k in ("scale_grid", "class_scales"):
-      if k in d:
-        d[k] = tuple(float(v) for v in d[k])
-    for k in ("scale", "clip"):
-      if k in d:
-        d[k] = float(d[k])
-    return cls(**d)
+    if self.scale is not None and self.class_scales:
+      raise ValueError("guidance.scale and guidance.class_scales are both set; set one (the "
+                       "per-class scales replace the single one).")
+    if self.scale is None and not self.class_scales and not self.scale_grid:
+      raise ValueError("guidance.scale is None (choose w on evaluation-val) but "
+                       "guidance.scale_grid is empty.")
 
   @property
-  def score_variant(self) -> str:
-    """The influence variant the method uses (`tardiff` uses `variant`)."""
-    return self.variant if self.method == "tardiff" else self.method
-
-  def scale_array(self, num_classes: int | None = None) -> Array:
-    """w as float32[] or, with class_scales, float32[num_classes] (gparams["scale"])."""
-    if self.class_scales:
-      if num_classes is not None and len(self.class_scales) != num_classes:
-        raise ValueError(f"guidance.class_scales has {len(self.class_scales)} entries for "
-                         f"{num_classes} classes.")
-      return jnp.asarray(self.class_scales, jnp.float32)
-    return jnp.asarray(self.scale, jnp.float32)
+  def selects_scale(self) -> bool:
+    """Whether tardiff's w is chosen on evaluation-val (neither scale nor class_scales set)."""
+    return self.scale is None and not self.class_scales
 
 
 def make_gparams(params: Any, G: Any, scale: Any) -> dict[str, Any]:
@@ -175,8 +164,11 @@ def make_influence_guidance(loss_fn: LossFn, variant: str = "dot", evaluate_on: 
   return guidance_fn
 
 
-def guidance_from_config(loss_fn: LossFn, cfg: GuidanceConfig) -> GuidanceFn:
-  """`make_influence_guidance` with the options of a GuidanceConfig."""
-  return make_influence_guidance(loss_fn, variant=cfg.score_variant, evaluate_on=cfg.evaluate_on,
+def guidance_from_config(loss_fn: LossFn, cfg: GuidanceConfig,
+                         variant: str | None = None) -> GuidanceFn:
+  """`make_influence_guidance` with the options of a GuidanceConfig; `variant` (a score of
+  `scores.VARIANTS`, e.g. "classifier") replaces the influence variant `cfg.variant`."""
+  return make_influence_guidance(loss_fn, variant=variant or cfg.variant,
+                                 evaluate_on=cfg.evaluate_on,
                                  through_denoiser=cfg.through_denoiser,
                                  clip=cfg.clip or None, normalize=cfg.normalize_grad)

@@ -4,7 +4,7 @@ Every function is generic over a per-example downstream loss `loss_fn(params, x[
 scalar` (pure; BCE / cross-entropy of the classifier) and a cached guidance gradient `G` (a
 pytree shaped like `params`, see `cache.py`).
 
-Sign convention (SPECS 4): for one SGD step of the downstream model on a sample (x, y),
+Sign convention: for one SGD step of the downstream model on a sample (x, y),
 `phi' = phi - eta * grad_phi l(x, y)`, the guidance-set loss changes by `-eta * <grad_phi l(x, y),
 G> + O(eta^2)`. A *positive* influence `Delta(x, y) = <grad_phi l(x, y), G>` therefore means that
 adding the sample lowers the guidance loss, and guidance with scale `w > 0` moves samples

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
+from tardiff_jax.config.fields import option
 from tardiff_jax.models.gru import GRUClassifier
 from tardiff_jax.models.timesnet import TimesNet
 from tardiff_jax.models.timesnet import validate_periods
@@ -26,8 +27,60 @@ MODELS = ("timesnet", "gru")
 
 
 @dataclasses.dataclass(frozen=True)
+class TimesNetConfig:
+  """TimesNet widths. The default is CPU-sized: the Time-Series-Library sizes (d_model 32, d_ff
+  64, e_layers 2, num_kernels 6; `configs/default.py:paper`) train at ~590 examples/s on 2
+  cores, these at ~7,800 with the same test AUROC/AUPRC at 1,000 training stays
+  (benchmarks/results/learning_curve_timesnet.md)."""
+  d_model: int = option(16, "Hidden width (even: sinusoidal positions).")
+  d_ff: int = option(16, "Inception hidden width.")
+  e_layers: int = option(1, "TimesBlocks.")
+  top_k: int = option(3, "Periods, fixed at setup from the training split's spectrum.")
+  num_kernels: int = option(3, "Inception kernels 1, 3, 5, ...")
+  dropout: float = option(0.1, "Dropout.")
+  periods: tuple[int, ...] = option((), "Fixed periods; () = timesnet_periods(x_train, top_k).")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRUConfig:
+  """The bidirectional GRU (the reference code's guidance model: hidden 256, 2 layers)."""
+  hidden: int = option(64, "Hidden size per direction.")
+  num_layers: int = option(2, "Stacked bidirectional layers.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifiersConfig:
+  """The classifier families: which one guides sampling, and the widths of each (the protocols'
+  fresh downstream models, `evaluation.downstream`, use the same widths)."""
+  model: str = option("gru", "Guidance model: 'gru' (as the reference code) or 'timesnet'.")
+  timesnet: TimesNetConfig = option(TimesNetConfig(), "TimesNet widths.")
+  gru: GRUConfig = option(GRUConfig(), "GRU widths.")
+
+  def __post_init__(self):
+    if self.model not in MODELS:
+      raise ValueError(f"classifier.model must be one of {MODELS}, got {self.model!r}.")
+
+  def spec(self, num_classes: int, T: int, C: int, model: str | None = None,  # noqa: N803
+           periods: Sequence[int] | None = None) -> ClassifierConfig:
+    """The network of family `model` (default: the guidance model) for data of `num_classes`,
+    T and C. TimesNet periods: `periods`, else `timesnet.periods`; one of them must be set."""
+    tn, gru = self.timesnet, self.gru
+    if periods is None and tn.periods:
+      periods = tn.periods
+    return ClassifierConfig(model=model or self.model, num_classes=int(num_classes), T=int(T),
+                            C=int(C), periods=None if periods is None else tuple(periods),
+                            d_model=tn.d_model, d_ff=tn.d_ff, e_layers=tn.e_layers,
+                            top_k=tn.top_k, num_kernels=tn.num_kernels, dropout=tn.dropout,
+                            gru_hidden=gru.hidden, gru_num_layers=gru.num_layers)
+
+
+_TN, _GRU = TimesNetConfig(), GRUConfig()
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-  """Hyper-parameters of the downstream classifier (configs/default.py `c.classifier`).
+  """One downstream network, fully specified (what `make_classifier` builds; usually made by
+  `ClassifiersConfig.spec`). Width defaults are those of `TimesNetConfig` and `GRUConfig`.
 
   `periods` are the TimesNet periods (static ints from `timesnet_periods` on the train split);
   required for TimesNet, ignored by the GRU.
@@ -38,14 +91,14 @@ class ClassifierConfig:
   T: int = 24
   C: int = 7
   periods: tuple[int, ...] | None = None
-  d_model: int = 32
-  d_ff: int = 64
-  e_layers: int = 2
-  top_k: int = 3
-  num_kernels: int = 6
-  dropout: float = 0.1
-  gru_hidden: int = 64
-  gru_num_layers: int = 2
+  d_model: int = _TN.d_model
+  d_ff: int = _TN.d_ff
+  e_layers: int = _TN.e_layers
+  top_k: int = _TN.top_k
+  num_kernels: int = _TN.num_kernels
+  dropout: float = _TN.dropout
+  gru_hidden: int = _GRU.hidden
+  gru_num_layers: int = _GRU.num_layers
 
   def __post_init__(self):
     if self.periods is not None:
@@ -80,20 +133,6 @@ class ClassifierConfig:
   def num_outputs(self) -> int:
     """Logits per example: 1 for binary tasks, num_classes otherwise."""
     return 1 if self.num_classes == 2 else self.num_classes
-
-  @classmethod
-  def from_config(cls, section: Any, num_classes: int, T: int, C: int,
-                  periods: Sequence[int] | None = None) -> ClassifierConfig:
-    """From `cfg.classifier`. `periods` wins over `section.timesnet.periods` (empty = unset)."""
-    tn, gru = section.timesnet, section.gru
-    if periods is None:
-      fixed = tuple(tn.get("periods", ()) or ())
-      periods = fixed or None
-    return cls(model=str(section.model), num_classes=int(num_classes), T=int(T), C=int(C),
-               periods=None if periods is None else tuple(int(p) for p in periods),
-               d_model=int(tn.d_model), d_ff=int(tn.d_ff), e_layers=int(tn.e_layers),
-               top_k=int(tn.top_k), num_kernels=int(tn.num_kernels), dropout=float(tn.dropout),
-               gru_hidden=int(gru.hidden), gru_num_layers=int(gru.num_layers))
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready dict (for checkpoint meta)."""
@@ -144,6 +183,22 @@ def _as_rngs(rngs: Any) -> dict[str, Array] | None:
   return {"dropout": rngs}
 
 
+def per_example_losses(logits: Float[Array, "*B K"], y: Int[Array, "*B"]) -> Float[Array, "*B"]:
+  """BCE on one logit (K = 1, binary) or softmax cross-entropy (K > 1): [..., K], [...] ->
+  [...] (one example or a batch)."""
+  if logits.shape[-1] == 1:
+    return optax.sigmoid_binary_cross_entropy(logits[..., 0], y.astype(logits.dtype))
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
+
+
+def class_probability(logits: Float[Array, "B K"], target: int = 1) -> Float[Array, " B"]:
+  """P(y = target | x) from logits [B, K] (K = 1: the sigmoid is P(y = 1); K >= 2: softmax)."""
+  if logits.shape[-1] == 1:
+    p1 = jax.nn.sigmoid(logits[:, 0])
+    return p1 if target == 1 else 1.0 - p1
+  return jax.nn.softmax(logits, axis=-1)[:, target]
+
+
 def make_classifier(config: ClassifierConfig) -> Classifier:
   """Builds the module and its pure functions; see `Classifier`."""
   module = make_module(config)
@@ -164,19 +219,14 @@ def make_classifier(config: ClassifierConfig) -> Classifier:
       raise ValueError("logits_fn(train=True) needs rngs={'dropout': key} (or a key).")
     return module.apply({"params": params}, x, train=train, rngs=rngs if train else None)
 
-  def _losses(logits: Array, y: Array) -> Array:
-    if binary:
-      return optax.sigmoid_binary_cross_entropy(logits[..., 0], y.astype(logits.dtype))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
-
   def loss_fn(params: Any, x: Float[Array, "T C"], y: Int[Array, ""]) -> Float[Array, ""]:
-    return _losses(logits_fn(params, x[None])[0], jnp.asarray(y))
+    return per_example_losses(logits_fn(params, x[None])[0], jnp.asarray(y))
 
   def batch_loss_fn(params: Any, x: Float[Array, "B T C"], y: Int[Array, "B"],
                     weights: Float[Array, "B"] | None = None, train: bool = True,
                     rngs: Any = None) -> Float[Array, ""]:
     """mean_i(w_i * l_i) (w = 1 when None): weights scale examples, e.g. inverse class freq."""
-    losses = _losses(logits_fn(params, x, train=train, rngs=rngs), y)
+    losses = per_example_losses(logits_fn(params, x, train=train, rngs=rngs), y)
     if weights is not None:
       losses = losses * weights.astype(losses.dtype)
     return losses.mean()

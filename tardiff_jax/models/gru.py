@@ -1,4 +1,5 @@
-"""Bidirectional GRU classifier (the reference code's guidance model).
+"""GRUs: the bidirectional GRU classifier (the reference code's guidance model) and the small
+unidirectional GRU of the fidelity scores (`SequenceGRU`).
 
 Layout is time-major, `x: float32[B, T, C]` -> logits `[B, K]`.
 
@@ -110,3 +111,17 @@ class GRUClassifier(nn.Module):
     fan_in = 2 * self.hidden
     init = _uniform(1.0 / fan_in ** 0.5)  # PyTorch nn.Linear-like
     return nn.Dense(self.num_outputs, kernel_init=init, bias_init=init, name="head")(h)
+
+
+class SequenceGRU(nn.Module):
+  """1-layer unidirectional GRU (`nn.GRUCell`) + linear head, for the fidelity scores.
+  x: [B, T, C] -> [B] (a score from the last state) or [B, T] (one output per step)."""
+  hidden: int
+  per_step: bool = False
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B T C"]) -> Array:
+    h = nn.RNN(nn.GRUCell(features=self.hidden))(x)  # [B, T, H]
+    if not self.per_step:
+      h = h[:, -1]
+    return nn.Dense(1)(h)[..., 0]

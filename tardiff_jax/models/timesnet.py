@@ -2,7 +2,7 @@
 
 Layout is time-major, `x: float32[B, T, C]` -> logits `[B, K]`.
 
-Structure (as the Time-Series-Library classifier, SPECS 5): token embedding (Conv1d, kernel 3,
+Structure (as the Time-Series-Library classifier): token embedding (Conv1d, kernel 3,
 circular padding, no bias) + fixed sinusoidal positions, dropout; `e_layers` TimesBlocks, each
 followed by one shared LayerNorm (eps 1e-5); head: exact GELU, dropout, multiplication by the
 padding mask over time, flatten, linear.
@@ -11,7 +11,7 @@ TimesBlock: for each period p the hidden sequence is zero-padded to a multiple o
 2-D grid (cycles x phase), passed through Inception(d_model -> d_ff), GELU, Inception(d_ff ->
 d_model), unfolded and cropped; the k branches are summed with softmax(amplitude) weights; residual.
 
-Deviation from the library (documented in SPECS 5): the library picks the top-k periods from each
+Deviation from the library (Wu et al. 2023, Time-Series-Library): the library picks the top-k periods from each
 *batch's* spectrum, which gives data-dependent shapes and makes a sample's output depend on its
 batch mates. Here the periods are static Python ints fixed at setup from the training split's mean
 amplitude spectrum (`timesnet_periods`) and stored with the model, so the network is jit-compiled,

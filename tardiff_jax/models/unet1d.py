@@ -27,26 +27,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tardiff_jax.config.fields import option
+
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
-  """Hyper-parameters of `UNet1D` (see configs/default.py `c.unet`)."""
+  """Hyper-parameters of `UNet1D` (the default is sized for a 2-core CPU; the reference code's
+  network is `configs/default.py:paper`)."""
 
-  base_channels: int = 32
-  channel_mult: tuple[int, ...] = (1, 2, 2)
-  num_res_blocks: int = 1
-  attention_resolutions: tuple[int, ...] = (2,)
-  num_heads: int = 4
-  dropout: float = 0.0
-  num_classes: int = 2
-  label_dropout: float = 0.1
-  # GroupNorm groups (at most; gcd with the width). 32 is the reference's GroupNorm32, but with
-  # 32 channels that is one channel per group: every feature is normalised over time on its own,
-  # which deletes each stay's level from every residual branch and leaves samples
-  # under-dispersed between stays (benchmarks/results/diffusion_fidelity_gn8_1k.md).
-  norm_groups: int = 32
+  base_channels: int = option(32, "Channels at the first level.")
+  channel_mult: tuple[int, ...] = option((1, 2, 2), "Channel multiplier per level (each level "
+                                                    "halves T).")
+  num_res_blocks: int = option(1, "Residual blocks per level.")
+  attention_resolutions: tuple[int, ...] = option((2,), "Downsampling factors with "
+                                                        "self-attention.")
+  num_heads: int = option(4, "Attention heads.")
+  dropout: float = option(0.0, "Dropout inside residual blocks.")
+  num_classes: int = option(2, "Classes of the label embedding (from the data).", derived=True)
+  label_dropout: float = option(0.1, "Probability of the null label in training "
+                                     "(classifier-free guidance).")
+  # At most this many groups (gcd with the width). 32, the reference's GroupNorm32, is one
+  # channel per group at 32 channels: every feature is normalised over time on its own, which
+  # deletes each stay's level from every residual branch; samples were 13-51% under-dispersed
+  # between stays, 8 groups fixed it (benchmarks/results/diffusion_fidelity_gn8_1k.md).
+  norm_groups: int = option(8, "GroupNorm groups (at most; gcd with each width).")
 
   def __post_init__(self):
     object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -82,22 +88,6 @@ class UNetConfig:
     for w in attn_widths:
       if w % self.num_heads:
         raise ValueError(f"unet.num_heads={self.num_heads} does not divide attention width {w}.")
-
-  @classmethod
-  def from_config(cls, section: Any, num_classes: int) -> UNetConfig:
-    """Builds the config from an ml_collections section `cfg.unet` (or any mapping)."""
-    get = section.get if hasattr(section, "get") else lambda k, d=None: getattr(section, k, d)
-    defaults = cls()
-    return cls(
-        base_channels=int(get("base_channels", defaults.base_channels)),
-        channel_mult=tuple(get("channel_mult", defaults.channel_mult)),
-        num_res_blocks=int(get("num_res_blocks", defaults.num_res_blocks)),
-        attention_resolutions=tuple(get("attention_resolutions", defaults.attention_resolutions)),
-        num_heads=int(get("num_heads", defaults.num_heads)),
-        dropout=float(get("dropout", defaults.dropout)),
-        num_classes=int(num_classes),
-        label_dropout=float(get("label_dropout", defaults.label_dropout)),
-        norm_groups=int(get("norm_groups", defaults.norm_groups)))
 
   def to_dict(self) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}

@@ -22,8 +22,8 @@ of an epoch is padded with zero-weight examples, so one compile serves every epo
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +34,11 @@ import numpy as np
 import optax
 from sklearn import metrics as skm
 
-from tardiff_jax.training.checkpoints import CheckpointStore
+from tardiff_jax.config.fields import option
+from tardiff_jax.data.dataset import check_series
+from tardiff_jax.data.prepare import target_class
+from tardiff_jax.models.classifier import class_probability, per_example_losses
+from tardiff_jax.training.checkpoints import CheckpointStore, meta_mismatch
 from tardiff_jax.training.progress import Progress
 
 Array = jax.Array
@@ -43,14 +47,15 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class TrainClassifierConfig:
-  """Hyper-parameters of classifier training (configs/default.py `c.train_classifier`)."""
+  """Optimisation of every classifier (the guide and the protocols' fresh models)."""
 
-  batch_size: int = 128  # Examples per step (clamped to the training-set size).
-  max_epochs: int = 30  # Upper bound on epochs.
-  patience: int = 5  # Epochs without a validation-AUPRC improvement before a seed stops.
-  learning_rate: float = 1e-3  # Adam learning rate.
-  class_weighting: bool = False  # Weight examples by N / (K * n_class) ("balanced").
-  eval_batch_size: int = 1024  # Validation examples per jitted prediction call.
+  batch_size: int = option(128, "Examples per step (clamped to the training-set size).")
+  max_epochs: int = option(12, "Upper bound on epochs (a budget; TimesNet often uses all).")
+  patience: int = option(3, "Epochs without a validation-AUPRC improvement before a member "
+                            "stops (never test).")
+  learning_rate: float = option(1e-3, "Adam learning rate.")
+  class_weighting: bool = option(False, "Weight the loss by inverse class frequency.")
+  eval_batch_size: int = option(1024, "Validation examples per jitted prediction call.")
 
   def __post_init__(self):
     if int(self.batch_size) < 1:
@@ -66,15 +71,6 @@ class TrainClassifierConfig:
       raise ValueError(
           f"train_classifier.eval_batch_size must be >= 1, got {self.eval_batch_size}.")
 
-  @classmethod
-  def from_config(cls, section) -> TrainClassifierConfig:
-    """From the `train_classifier` ConfigDict section (missing fields take the defaults)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {n: section[n] for n in names if n in section}
-    types = {"batch_size": int, "max_epochs": int, "patience": int, "learning_rate": float,
-             "class_weighting": bool, "eval_batch_size": int}
-    return cls(**{k: types[k](v) for k, v in kwargs.items()})
-
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
@@ -85,7 +81,7 @@ class TrainClassifierConfig:
 def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
                            config: TrainClassifierConfig, seeds: Sequence[int], *,
                            subsets: Sequence[np.ndarray] | None = None,
-                           epoch_size: int | None = None,
+                           epoch_size: int | None = None, target: int | None = None,
                            name: str = "train_classifier", metrics_path: str | None = None,
                            quiet: bool = False) -> tuple[PyTree, list[dict[str, Any]]]:
   """Trains one classifier per member (seed), all members in one vmapped computation.
@@ -104,13 +100,16 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     classifier: an object with `init(key, T, C)` and `logits_fn(params, x[B,T,C], train, rngs)
       -> [B, K]` (K = 1: one logit, binary).
     x_train: float32[N, T, C] (finite: missing values already filled), y_train: int[N].
-    x_val: float32[M, T, C], y_val: int[M] with both classes (validation AUPRC drives stopping).
+    x_val: float32[M, T, C], y_val: int[M] with the target class and another (the target's
+      one-vs-rest validation AUPRC drives stopping).
     config: training hyper-parameters.
     seeds: S integer seeds (init, dropout and minibatch order all derive from the seed);
       distinct unless `subsets` tell the members apart.
     subsets: optional S int arrays of row indices into x_train (distinct rows, non-empty);
       None = every member trains on all N rows.
     epoch_size: minibatch positions per epoch (>= 1); None = the largest member's row count.
+    target: the class whose one-vs-rest validation AUPRC stops training; None = class 1 of a
+      binary task, the rarest training class otherwise (`tardiff_jax.data.target_class`).
     name, metrics_path, quiet: progress output (one line per epoch; metrics.jsonl lines).
   Returns:
     (params, histories): the best-validation-AUPRC params of every member stacked on a leading
@@ -123,17 +122,20 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     raise ValueError(f"train_classifier: seeds must be distinct; got {seeds}.")
   if any(s < 0 for s in seeds):
     raise ValueError(f"train_classifier: seeds must be >= 0; got {seeds}.")
-  x_train, y_train = _check_xy(x_train, y_train, "train")
+  x_train, y_train = check_series(x_train, y_train, what="train_classifier: training x")
   subsets = _check_subsets(subsets, len(seeds), x_train.shape[0])
-  x_val, y_val = _check_xy(x_val, y_val, "validation")
+  x_val, y_val = check_series(x_val, y_val, what="train_classifier: validation x")
   if x_val.shape[1:] != x_train.shape[1:]:
     raise ValueError(f"train_classifier: validation [T, C] {x_val.shape[1:]} differs from "
                      f"training {x_train.shape[1:]}.")
-  if not 0 < int(y_val.sum()) < y_val.size:
-    raise ValueError("train_classifier: the validation split has one class only; validation "
-                     "AUPRC (the early-stopping criterion) is undefined.")
-  if int(y_val.max()) > 1 or int(y_train.max()) > 1:
-    raise ValueError("train_classifier: early stopping on AUPRC needs binary labels {0, 1}.")
+  k = max(int(y_train.max()), int(y_val.max()), 1) + 1
+  if target is None:
+    target = target_class(np.bincount(y_train, minlength=k))
+  y_val_target = y_val == int(target)
+  if not 0 < int(y_val_target.sum()) < y_val.size:
+    raise ValueError(f"train_classifier: the validation split needs the target class {target} "
+                     "and another; validation AUPRC (the early-stopping criterion) is "
+                     "undefined.")
   n, t, c = x_train.shape
   s_count = len(seeds)
   sizes = [n if sub is None else int(sub.size) for sub in subsets]
@@ -146,7 +148,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   rows = [np.arange(n, dtype=np.int64) if sub is None else sub for sub in subsets]
   member_w = [_example_weights(y_train[r], config.class_weighting) for r in rows]
 
-  fns = _make_fns(classifier, config.learning_rate, t, c)
+  fns = _make_fns(classifier, config.learning_rate, t, c, int(target))
   keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
   state = fns["init"](keys)
   best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # The chunk fn donates state.
@@ -192,8 +194,8 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     for i in range(s_count):
       if not active[i]:
         continue
-      auprc = float(skm.average_precision_score(y_val, probs[i]))
-      auroc = float(skm.roc_auc_score(y_val, probs[i]))
+      auprc = float(skm.average_precision_score(y_val_target, probs[i]))
+      auroc = float(skm.roc_auc_score(y_val_target, probs[i]))
       h = hist[i]
       h["train_loss"].append(float(losses[i]))
       h["val_auprc"].append(auprc)
@@ -228,17 +230,17 @@ CHUNK = 8  # Minibatches per compiled call (fixed, so compiled shapes never depe
 _FN_CACHE: dict[Any, dict[str, Any]] = {}
 
 
-def _make_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, Any]:
+def _make_fns(classifier, learning_rate: float, t: int, c: int, target: int) -> dict[str, Any]:
   """The jitted, seed-vmapped pieces: init, one epoch (scan over minibatches), predict, keep.
 
-  Cached per (classifier config, learning rate, T, C) so repeated trainings of one setting
-  (seeds, TSRTR ratios) reuse the compiled functions.
+  Cached per (classifier config, learning rate, T, C, target) so repeated trainings of one
+  setting (seeds, TSRTR ratios) reuse the compiled functions.
   """
   cfg = getattr(classifier, "config", None)
-  key = None if cfg is None else (cfg, float(learning_rate), int(t), int(c))
+  key = None if cfg is None else (cfg, float(learning_rate), int(t), int(c), int(target))
   if key is not None and key in _FN_CACHE:
     return _FN_CACHE[key]
-  fns = _build_fns(classifier, learning_rate, t, c)
+  fns = _build_fns(classifier, learning_rate, t, c, target)
   if key is not None:
     if len(_FN_CACHE) >= 8:
       _FN_CACHE.pop(next(iter(_FN_CACHE)))
@@ -246,7 +248,7 @@ def _make_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, Any
   return fns
 
 
-def _build_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, Any]:
+def _build_fns(classifier, learning_rate: float, t: int, c: int, target: int) -> dict[str, Any]:
   tx = optax.adam(learning_rate)
 
   def init_one(key):
@@ -257,7 +259,7 @@ def _build_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, An
 
   def loss(params, xb, yb, wb, key):
     logits = classifier.logits_fn(params, xb, train=True, rngs={"dropout": key})
-    per = per_example_loss(logits, yb)
+    per = per_example_losses(logits, yb)
     return jnp.sum(wb * per) / jnp.maximum(jnp.sum(wb), 1e-12)
 
   def step_one(state, active, xb, yb, wb):
@@ -284,23 +286,9 @@ def _build_fns(classifier, learning_rate: float, t: int, c: int) -> dict[str, An
   return {
       "init": jax.jit(jax.vmap(init_one)),
       "epoch": jax.jit(jax.vmap(epoch_one), donate_argnums=(0,)),
-      "proba": _proba_fn(classifier, True),
+      "proba": _proba_fn(classifier, True, target),
       "keep": jax.jit(keep),
   }
-
-
-def per_example_loss(logits: Array, y: Array) -> Array:
-  """BCE on one logit (K = 1) or softmax cross-entropy (K > 1). logits: [B, K], y: [B] -> [B]."""
-  if logits.shape[-1] == 1:
-    return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(logits.dtype))
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y)
-
-
-def probability_of_one(logits: Array) -> Array:
-  """P(y = 1 | x) from logits [B, K] (K = 1: sigmoid; K >= 2: softmax column 1) -> [B]."""
-  if logits.shape[-1] == 1:
-    return jax.nn.sigmoid(logits[:, 0])
-  return jax.nn.softmax(logits, axis=-1)[:, 1]
 
 
 def _example_weights(y: np.ndarray, class_weighting: bool) -> np.ndarray:
@@ -360,34 +348,16 @@ def _chunks(x: np.ndarray, size: int) -> tuple[list[Array], int]:
   return [jnp.asarray(x[i:i + size]) for i in range(0, x.shape[0], size)], m
 
 
-def _check_xy(x, y, split: str) -> tuple[np.ndarray, np.ndarray]:
-  x = np.asarray(x)
-  y = np.asarray(y)
-  if x.ndim != 3:
-    raise ValueError(f"train_classifier: {split} x must have shape [N, T, C]; got {x.shape}.")
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"train_classifier: {split} y must have shape [{x.shape[0]}]; got "
-                     f"{y.shape}.")
-  if x.shape[0] == 0:
-    raise ValueError(f"train_classifier: the {split} split is empty.")
-  if not np.isfinite(x).all():
-    raise ValueError(f"train_classifier: {split} x has NaN/inf values; fill missing values "
-                     "(the data layer fills them with 0 after normalisation).")
-  if y.dtype.kind not in "iub" or y.min() < 0:
-    raise ValueError(f"train_classifier: {split} y must be non-negative integer labels.")
-  return x.astype(np.float32), y.astype(np.int32)
-
-
 _PROBA_CACHE: dict[Any, Any] = {}
 
 
-def _proba_fn(classifier, seeds_axis: bool):
-  """jit(P(y=1|x)) for one params pytree, or vmapped over seed-stacked params; cached."""
+def _proba_fn(classifier, seeds_axis: bool, target: int = 1):
+  """jit(P(y=target|x)) for one params pytree, or vmapped over seed-stacked params; cached."""
   cfg = getattr(classifier, "config", None)
-  key = None if cfg is None else (cfg, seeds_axis)
+  key = None if cfg is None else (cfg, seeds_axis, int(target))
   if key is not None and key in _PROBA_CACHE:
     return _PROBA_CACHE[key]
-  one = lambda p, xb: probability_of_one(classifier.logits_fn(p, xb, train=False))
+  one = lambda p, xb: class_probability(classifier.logits_fn(p, xb, train=False), target)
   fn = jax.jit(jax.vmap(one, in_axes=(0, None)) if seeds_axis else one)
   if key is not None:
     if len(_PROBA_CACHE) >= 16:
@@ -397,15 +367,15 @@ def _proba_fn(classifier, seeds_axis: bool):
 
 
 def predict_proba(classifier, params: PyTree, x, batch_size: int = 1024,
-                  stacked: bool = False) -> np.ndarray:
-  """P(y = 1 | x) for float32[N, T, C] in fixed-size jitted chunks -> float64[N] (numpy).
+                  stacked: bool = False, target: int = 1) -> np.ndarray:
+  """P(y = target | x) for float32[N, T, C] in fixed-size jitted chunks -> float64[N] (numpy).
 
   With `stacked=True`, `params` carry a leading seed axis and the result is float64[S, N].
   """
   x = np.asarray(x, np.float32)
   size = max(1, min(int(batch_size), x.shape[0]))
   chunks, n = _chunks(x, size)
-  fn = _proba_fn(classifier, stacked)
+  fn = _proba_fn(classifier, stacked, target)
   out = np.concatenate([np.asarray(fn(params, xc)) for xc in chunks], axis=-1)
   return out[..., :n].astype(np.float64)
 
@@ -419,55 +389,52 @@ def unstack(tree: PyTree, i: int) -> PyTree:
 
 
 def train_classifier(classifier, x_train, y_train, x_val, y_val, config: TrainClassifierConfig,
-                     seed: int, workdir: str | None = None,
+                     seed: int, checkpoint_dir: str | None = None,
+                     metrics_path: str | None = None, target: int | None = None,
+                     extra_meta: dict[str, Any] | None = None,
                      quiet: bool = False) -> tuple[PyTree, dict[str, Any]]:
-  """Trains the guidance classifier on (train, validation); checkpoints into `workdir`.
+  """Trains one classifier (e.g. the guidance model), early-stopping on validation.
 
-  With `workdir`, the best parameters are saved under `workdir/checkpoints/classifier` with
-  meta {"final": True, "classifier_config": classifier.config.to_dict(), "train_config",
-  "history"}; a later call finding that final checkpoint restores it and skips training
-  (raising ValueError if its classifier config differs). Progress lines go to stderr and
-  `workdir/metrics.jsonl`.
+  With `checkpoint_dir`, the best parameters are saved there with meta {"final": True,
+  "classifier_config", "train_config", "seed", "history", **extra_meta}; a later call finding
+  that final checkpoint restores it and skips training, or refuses it (naming the differing
+  settings) when it was trained otherwise. Progress lines go to stderr and `metrics_path`.
 
   Args/returns: as `train_classifier_seeds` with a single `seed`; returns (params, history).
   """
-  ckpt_dir = metrics_path = None
-  cls_cfg = _classifier_config_dict(classifier)
+  meta = classifier_meta(classifier, config, seed, extra_meta)
   x_train = np.asarray(x_train)
-  if workdir is not None:
-    ckpt_dir = os.path.join(os.fspath(workdir), "checkpoints", "classifier")
-    metrics_path = os.path.join(os.fspath(workdir), "metrics.jsonl")
-    with CheckpointStore(ckpt_dir) as store:
+  if checkpoint_dir is not None:
+    with CheckpointStore(checkpoint_dir) as store:
       if store.latest_step() is not None:
-        meta = store.restore_meta()
-        if meta.get("final"):
-          if cls_cfg is not None and meta.get("classifier_config") != cls_cfg:
-            raise ValueError(
-                f"train_classifier: the final checkpoint in {ckpt_dir} was trained with a "
-                f"different classifier config {meta.get('classifier_config')} (requested "
-                f"{cls_cfg}); use a fresh workdir.")
+        saved = store.restore_meta()
+        if saved.get("final"):
+          differ = meta_mismatch(saved, meta)
+          if differ:
+            raise ValueError(f"train_classifier: the checkpoint in {checkpoint_dir} was trained "
+                             f"with other settings ({', '.join(differ)}); use a fresh "
+                             "directory.")
           t, c = x_train.shape[1:]
           abstract = jax.eval_shape(lambda: classifier.init(jax.random.PRNGKey(0), t, c))
-          state, meta = store.restore({"params": abstract})
-          history = dict(meta.get("history", {}))
+          state, saved = store.restore({"params": abstract})
+          history = dict(saved.get("history", {}))
           history["restored"] = True
           return state["params"], history
   params, hists = train_classifier_seeds(
       classifier, x_train, y_train, x_val, y_val, config, [seed], metrics_path=metrics_path,
-      quiet=quiet)
+      target=target, quiet=quiet)
   params = unstack(params, 0)
   history = hists[0]
-  if ckpt_dir is not None:
-    with CheckpointStore(ckpt_dir) as store:
-      store.save(history["epochs_run"], {"params": params},
-                 meta={"final": True, "classifier_config": cls_cfg,
-                       "train_config": config.to_dict(), "seed": int(seed), "history": history})
+  if checkpoint_dir is not None:
+    with CheckpointStore(checkpoint_dir) as store:
+      store.save(history["epochs_run"], {"params": params}, meta={**meta, "history": history})
   return params, history
 
 
-def _classifier_config_dict(classifier) -> dict[str, Any] | None:
+def classifier_meta(classifier, config: TrainClassifierConfig, seed: int,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The JSON meta of a final classifier checkpoint (without its history)."""
   cfg = getattr(classifier, "config", None)
-  if cfg is None or not hasattr(cfg, "to_dict"):
-    return None
-  import json
-  return json.loads(json.dumps(cfg.to_dict()))  # Tuples -> lists, as the JSON meta stores it.
+  cls_cfg = None if cfg is None else json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists
+  return {"final": True, "classifier_config": cls_cfg, "train_config": config.to_dict(),
+          "seed": int(seed), **(extra or {})}

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tardiff_jax.config.fields import option
+from tardiff_jax.data.dataset import check_series
 from tardiff_jax.data.normalizers import interpolate_missing
 from tardiff_jax.diffusion import DiffusionConfig
 from tardiff_jax.diffusion import as_eps_model
@@ -29,14 +31,11 @@ from tardiff_jax.models.unet1d import UNet1D
 from tardiff_jax.models.unet1d import UNetConfig
 from tardiff_jax.models.unet1d import init_params
 from tardiff_jax.models.unet1d import make_denoiser
-from tardiff_jax.training.checkpoints import CheckpointStore
+from tardiff_jax.training.checkpoints import CheckpointStore, meta_mismatch
 from tardiff_jax.training.progress import Progress
 
 Array = jax.Array
 State = dict[str, Any]
-
-CHECKPOINT_SUBDIR = os.path.join("checkpoints", "diffusion")
-
 
 # How unobserved entries of a training series are filled in the denoiser's input (the loss is
 # masked either way): "zero" = the normalised fill (the channel's train mean for zscore), "interp"
@@ -46,19 +45,23 @@ FILLS = ("zero", "interp")
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionTrainConfig:
-  """Typed view of `cfg.train_diffusion` (see configs/default.py)."""
+  """Optimisation of the denoiser (the default is sized for a 2-core CPU, ~0.1 s/step)."""
 
-  batch_size: int = 128
-  num_steps: int = 3000
-  learning_rate: float = 5e-4
-  warmup_steps: int = 200
-  lr_schedule: str = "cosine"
-  weight_decay: float = 0.0
-  grad_clip: float = 1.0
-  ema_decay: float = 0.999
-  checkpoint_every: int = 500
-  log_every: int = 50
-  fill: str = "zero"
+  batch_size: int = option(64, "Examples per step.")
+  num_steps: int = option(2500, "Optimiser steps (160 epochs of 1,000 training stays).")
+  learning_rate: float = option(1e-3, "Peak learning rate after warm-up.")
+  warmup_steps: int = option(200, "Linear warm-up steps.")
+  lr_schedule: str = option("cosine", "After warm-up: 'cosine' (decay to 0) or 'constant'.")
+  weight_decay: float = option(0.0, "AdamW weight decay (0 = Adam).")
+  grad_clip: float = option(1.0, "Global-norm gradient clipping.")
+  ema_decay: float = option(0.999, "EMA of parameters (sampling uses the EMA).")
+  checkpoint_every: int = option(500, "Steps between orbax checkpoints.")
+  log_every: int = option(50, "Steps between metrics.jsonl lines and progress updates.")
+  # Measured: zero-filled holes teach the denoiser to amplify levels, so samples of a channel
+  # were over-dispersed in proportion to its missing rate (Temp, 36% missing: +25% std).
+  fill: str = option("interp", "Denoiser input at unobserved entries (the loss is masked "
+                               "either way): 'interp' (linear interpolation in time) or 'zero' "
+                               "(the normalised fill, the train mean).")
 
   def __post_init__(self):
     for name in ("batch_size", "num_steps", "checkpoint_every", "log_every"):
@@ -80,28 +83,42 @@ class DiffusionTrainConfig:
     if self.fill not in FILLS:
       raise ValueError(f"train_diffusion.fill must be one of {FILLS}, got {self.fill!r}.")
 
-  @classmethod
-  def from_config(cls, section: Any) -> DiffusionTrainConfig:
-    """From a ConfigDict / mapping with `cfg.train_diffusion` fields (missing fields: defaults)."""
-    get = section.get if hasattr(section, "get") else lambda k, d=None: getattr(section, k, d)
-    kw = {f.name: get(f.name, None) for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in kw.items() if v is not None})
+  def identity(self) -> dict[str, Any]:
+    """The fields that change what training produces (not how often it logs or saves)."""
+    return {k: v for k, v in dataclasses.asdict(self).items()
+            if k not in ("checkpoint_every", "log_every")}
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionTrainResult:
-  """What `train_diffusion` returns; `apply_fn(params, x, t, y)` is the eval-mode denoiser as an
-  eps model (a v-predicting network is wrapped by `as_eps_model`), ready for the samplers."""
+class Denoiser:
+  """A trained denoiser and everything needed to sample from it, as its checkpoint records it.
 
-  module: UNet1D
+  `apply_fn(params, x[B,T,C], t[B], y[B])` is the eval-mode network as an eps model (a
+  v-predicting network is wrapped by `as_eps_model`); `params` are the EMA parameters the
+  samplers use; `schedule` is built from the checkpoint's own diffusion settings, never from a
+  live config. `trained_steps` counts the optimiser steps the call that returned it ran (0 when
+  a finished run was reloaded).
+  """
+
   apply_fn: Callable[..., Array]
   params: Any
-  ema_params: Any
+  schedule: Any
+  unet: UNetConfig
+  diffusion: DiffusionConfig
+  train: DiffusionTrainConfig
+  seq_len: int
+  channels: int
+  num_classes: int
   step: int
   meta: dict[str, Any]
-  train_time_s: float
   checkpoint_dir: str
-  trained_steps: int = 0  # Optimiser steps run by this call (0 when a finished run was reloaded).
+  raw_params: Any = None  # The non-EMA parameters (training state), when trained in this call.
+  trained_steps: int = 0
+  train_time_s: float = 0.0
+
+  @property
+  def module(self) -> UNet1D:
+    return UNet1D(self.unet)
 
 
 @functools.lru_cache(maxsize=16)
@@ -199,29 +216,6 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
   return jax.jit(step_fn, donate_argnums=(0,))
 
 
-def _resolve_configs(config: Any, num_classes: int, seed: int | None):
-  """(UNetConfig, DiffusionTrainConfig, DiffusionConfig, seed, config_dict) from either a full
-  ConfigDict (sections unet / train_diffusion / diffusion, field seed) or a tuple of the three
-  dataclasses."""
-  if isinstance(config, (tuple, list)):
-    if len(config) != 3:
-      raise ValueError("config must be a ConfigDict or a tuple (UNetConfig, DiffusionTrainConfig, "
-                       "DiffusionConfig).")
-    unet_cfg, train_cfg, diff_cfg = config
-    if unet_cfg.num_classes != num_classes:
-      unet_cfg = dataclasses.replace(unet_cfg, num_classes=num_classes)
-    seed = 0 if seed is None else seed
-    cfg_dict = {"unet": unet_cfg.to_dict(), "train_diffusion": dataclasses.asdict(train_cfg),
-                "diffusion": dataclasses.asdict(diff_cfg), "seed": seed}
-  else:
-    unet_cfg = UNetConfig.from_config(config.unet, num_classes)
-    train_cfg = DiffusionTrainConfig.from_config(config.train_diffusion)
-    diff_cfg = DiffusionConfig.from_config(config.diffusion)
-    seed = int(config.get("seed", 0)) if seed is None else seed
-    cfg_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  return unet_cfg, train_cfg, diff_cfg, int(seed), cfg_dict
-
-
 def denoiser_inputs(x: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
   """The denoiser's training input from zero-filled normalised `x` and its `mask`, per
   `train_diffusion.fill` (see FILLS)."""
@@ -230,68 +224,77 @@ def denoiser_inputs(x: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
   return interpolate_missing(x, mask) if fill == "interp" else x
 
 
-def _check_data(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None):
-  x = np.asarray(x)
-  y = np.asarray(y)
-  if x.ndim != 3:
-    raise ValueError(f"x_train must have shape [N, T, C], got {x.shape}.")
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"y_train must have shape [{x.shape[0]}], got {y.shape}.")
-  if mask is None:
-    mask = ~np.isnan(x)
-  mask = np.asarray(mask, bool)
-  if mask.shape != x.shape:
-    raise ValueError(f"mask must have the shape of x_train {x.shape}, got {mask.shape}.")
-  x = np.where(mask, np.nan_to_num(x), 0.0).astype(np.float32)
-  if not np.all(np.isfinite(x)):
-    raise ValueError("x_train holds non-finite observed values.")
-  return x, y.astype(np.int32), mask
+def checkpoint_meta(unet: UNetConfig, diffusion: DiffusionConfig, train: DiffusionTrainConfig,
+                    seq_len: int, channels: int, num_classes: int, seed: int,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The JSON meta a denoiser checkpoint carries: every setting that shaped it, plus `extra`
+  (e.g. the normaliser and a fingerprint of the training data)."""
+  return {"unet": unet.to_dict(), "diffusion": dataclasses.asdict(diffusion),
+          "train_diffusion": dataclasses.asdict(train), "seq_len": int(seq_len),
+          "channels": int(channels), "num_classes": int(num_classes), "seed": int(seed),
+          **(extra or {})}
 
 
-def train_diffusion(config: Any, x_train: np.ndarray, y_train: np.ndarray,
-                    mask: np.ndarray | None, workdir: str, *, num_classes: int | None = None,
-                    normalizer: dict[str, Any] | None = None, seed: int | None = None,
+def checkpoint_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+  """Dotted names of the settings in which a denoiser checkpoint's meta differs from `wanted`
+  (empty: it can be resumed or reused). Logging and saving intervals do not count."""
+  return meta_mismatch(saved, wanted, ignore=("train_diffusion.checkpoint_every",
+                                              "train_diffusion.log_every"))
+
+
+def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray | None,
+                    checkpoint_dir: str, *, unet: UNetConfig | None = None,
+                    diffusion: DiffusionConfig | None = None,
+                    train: DiffusionTrainConfig | None = None, num_classes: int | None = None,
+                    seed: int = 0, extra_meta: dict[str, Any] | None = None,
                     loss_fn: Callable[..., Array] | None = None, stop_after: int | None = None,
-                    metrics_path: str | None = None, quiet: bool = False) -> DiffusionTrainResult:
-  """Trains (or resumes) the denoiser on normalised `x_train[N,T,C]`, `y_train[N]`, `mask[N,T,C]`.
+                    metrics_path: str | None = None, quiet: bool = False) -> Denoiser:
+  """Trains (or resumes) the denoiser on normalised `x_train[N,T,C]`, `y_train[N]`, `mask`.
 
-  Checkpoints go to `workdir/checkpoints/diffusion` every `checkpoint_every` steps and at the end
-  (meta: the config dict, U-Net/diffusion/train configs, T, C, num_classes, `normalizer`);
-  losses to `metrics_path` (default `workdir/metrics.jsonl`). If a checkpoint exists the run
-  resumes from it; if it is already at `num_steps` nothing is trained. `stop_after=k` stops (with
-  a checkpoint) after k steps in total, to simulate an interruption.
+  Checkpoints go to `checkpoint_dir` every `train.checkpoint_every` steps and at the end, with
+  `checkpoint_meta` (plus `extra_meta`); losses go to `metrics_path` (default: metrics.jsonl
+  beside the checkpoint directory). An existing checkpoint is resumed (bit-identically)
+  when its meta matches, refused with the differing settings named otherwise; one already at
+  `num_steps` is returned without training. `stop_after=k` stops (with a checkpoint) after k
+  steps in total, to simulate an interruption. Missing values: NaN or mask False.
   """
-  x, y, m = _check_data(x_train, y_train, mask)
+  unet, diffusion = unet or UNetConfig(), diffusion or DiffusionConfig()
+  train = train or DiffusionTrainConfig()
+  x, y = check_series(x_train, y_train, what="x_train", allow_nan=True)
   if num_classes is None:
     num_classes = int(y.max()) + 1
-  if y.min() < 0 or y.max() >= num_classes:
-    raise ValueError(f"y_train labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}].")
-  unet_cfg, train_cfg, diff_cfg, seed, cfg_dict = _resolve_configs(config, num_classes, seed)
-  x = denoiser_inputs(x, m, train_cfg.fill)
+  if y.size and y.max() >= num_classes:
+    raise ValueError(f"y_train labels must be in [0, {num_classes}), got max {y.max()}.")
+  m = ~np.isnan(x) if mask is None else np.asarray(mask, bool)
+  if m.shape != x.shape:
+    raise ValueError(f"mask must have the shape of x_train {x.shape}, got {m.shape}.")
+  x = np.where(m, np.nan_to_num(x), 0.0).astype(np.float32)
+  if unet.num_classes != num_classes:
+    unet = dataclasses.replace(unet, num_classes=int(num_classes))
+  x = denoiser_inputs(x, m, train.fill)
   n, seq_len, channels = x.shape
-  tx = make_optimizer(train_cfg)
-  module, apply_fn = make_denoiser(unet_cfg)
-  meta = {"config": cfg_dict, "unet": unet_cfg.to_dict(), "diffusion": dataclasses.asdict(diff_cfg),
-          "train_diffusion": dataclasses.asdict(train_cfg), "seq_len": seq_len,
-          "channels": channels, "num_classes": num_classes, "seed": seed,
-          "normalizer": normalizer or {}}
-  ckpt_dir = os.path.join(workdir, CHECKPOINT_SUBDIR)
-  metrics_path = metrics_path or os.path.join(workdir, "metrics.jsonl")
-  total = train_cfg.num_steps if stop_after is None else min(int(stop_after), train_cfg.num_steps)
+  tx = make_optimizer(train)
+  _, apply_fn = make_denoiser(unet)
+  meta = checkpoint_meta(unet, diffusion, train, seq_len, channels, num_classes, seed, extra_meta)
+  checkpoint_dir = os.path.abspath(checkpoint_dir)
+  metrics_path = metrics_path or os.path.join(os.path.dirname(checkpoint_dir), "metrics.jsonl")
+  total = train.num_steps if stop_after is None else min(int(stop_after), train.num_steps)
 
   t0 = time.perf_counter()
-  with CheckpointStore(ckpt_dir) as store:
-    abstract = jax.eval_shape(lambda: init_state(unet_cfg, tx, seed, seq_len, channels))
-    latest = store.latest_step()
-    if latest is not None:
-      _check_compatible(store.restore_meta(), meta)
+  with CheckpointStore(checkpoint_dir) as store:
+    abstract = jax.eval_shape(lambda: init_state(unet, tx, seed, seq_len, channels))
+    if store.latest_step() is not None:
+      differ = checkpoint_mismatch(store.restore_meta(), meta)
+      if differ:
+        raise ValueError(f"The checkpoint in {checkpoint_dir} was trained with other settings "
+                         f"({', '.join(differ)}); use a fresh directory.")
       state, _ = store.restore(abstract)
       state = jax.tree_util.tree_map(jnp.asarray, state)
     else:
-      state = init_state(unet_cfg, tx, seed, seq_len, channels)
+      state = init_state(unet, tx, seed, seq_len, channels)
     start = int(state["step"])
     if start < total:
-      step_fn = _cached_train_step(unet_cfg, train_cfg, diff_cfg, n, loss_fn)
+      step_fn = _cached_train_step(unet, train, diffusion, n, loss_fn)
       xd, yd, md = jnp.asarray(x), jnp.asarray(y), jnp.asarray(m)
       progress = Progress("train_diffusion", total, start=start, metrics_path=metrics_path,
                           unit="step", quiet=quiet)
@@ -299,54 +302,42 @@ def train_diffusion(config: Any, x_train: np.ndarray, y_train: np.ndarray,
       for s in range(start + 1, total + 1):
         state, loss = step_fn(state, xd, yd, md)
         losses.append(loss)
-        if s % train_cfg.log_every == 0 or s == total:
+        if s % train.log_every == 0 or s == total:
           progress.report(s, loss=float(jnp.mean(jnp.stack(losses))))
           losses = []
-        if s % train_cfg.checkpoint_every == 0 or s == total:
+        if s % train.checkpoint_every == 0 or s == total:
           store.save(s, state, meta)
   state = jax.device_get(state)
-  eps_apply = as_eps_model(apply_fn, diff_cfg.make_schedule(), diff_cfg.prediction)  # eps out.
-  return DiffusionTrainResult(module=module, apply_fn=eps_apply, params=state["params"],
-                              ema_params=state["ema_params"], step=int(state["step"]), meta=meta,
-                              train_time_s=time.perf_counter() - t0, checkpoint_dir=ckpt_dir,
-                              trained_steps=max(0, total - start))
+  eps_apply = as_eps_model(apply_fn, diffusion.make_schedule(), diffusion.prediction)
+  return Denoiser(apply_fn=eps_apply, params=state["ema_params"], schedule=diffusion.make_schedule(),
+                  unet=unet, diffusion=diffusion, train=train, seq_len=seq_len,
+                  channels=channels, num_classes=int(num_classes), step=int(state["step"]),
+                  meta=meta, checkpoint_dir=checkpoint_dir, raw_params=state["params"],
+                  trained_steps=max(0, total - start), train_time_s=time.perf_counter() - t0)
 
 
-def _check_compatible(saved: dict[str, Any], meta: dict[str, Any]) -> None:
-  """Refuses to resume a checkpoint trained with a different model or data shape."""
-  for k in ("unet", "diffusion", "seq_len", "channels", "num_classes"):
-    if saved.get(k) != meta[k]:
-      raise ValueError(f"Checkpoint {k}={saved.get(k)!r} does not match this run's {meta[k]!r}; "
-                       f"use a fresh workdir.")
-  fill = saved.get("train_diffusion", {}).get("fill", "zero")  # It changes the inputs seen.
-  if fill != meta["train_diffusion"]["fill"]:
-    raise ValueError(f"Checkpoint was trained with train_diffusion.fill={fill!r}, this run asks "
-                     f"for {meta['train_diffusion']['fill']!r}; use a fresh workdir.")
-
-
-def _find_ckpt_dir(path: str) -> str:
-  sub = os.path.join(path, CHECKPOINT_SUBDIR)
-  return sub if os.path.isdir(sub) else path
-
-
-def load_diffusion(ckpt_dir: str) -> tuple[UNet1D, Callable[..., Array], Any, dict[str, Any]]:
-  """Loads `(module, apply_fn, ema_params, meta)` from a checkpoint dir (or a workdir); `apply_fn`
-  predicts eps whatever the network's `diffusion.prediction` target."""
-  ckpt_dir = _find_ckpt_dir(ckpt_dir)
-  if not os.path.isdir(ckpt_dir):
-    raise FileNotFoundError(f"No diffusion checkpoint directory {ckpt_dir}.")
-  with CheckpointStore(ckpt_dir) as store:
+def load_diffusion(checkpoint_dir: str) -> Denoiser:
+  """The denoiser of a checkpoint directory, rebuilt from its own meta (EMA parameters; the
+  schedule from the checkpoint's diffusion settings)."""
+  if not os.path.isdir(checkpoint_dir):
+    raise FileNotFoundError(f"No diffusion checkpoint directory {checkpoint_dir}.")
+  with CheckpointStore(checkpoint_dir) as store:
     if store.latest_step() is None:
-      raise FileNotFoundError(f"No diffusion checkpoint in {ckpt_dir}.")
+      raise FileNotFoundError(f"No diffusion checkpoint in {checkpoint_dir}.")
     meta = store.restore_meta()
-    u = dict(meta["unet"])
-    unet_cfg = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in u.items()})
-    train_cfg = DiffusionTrainConfig(**meta["train_diffusion"])
-    tx = make_optimizer(train_cfg)
-    abstract = jax.eval_shape(lambda: init_state(unet_cfg, tx, int(meta["seed"]),
+    unet = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in meta["unet"].items()})
+    train = DiffusionTrainConfig(**meta["train_diffusion"])
+    tx = make_optimizer(train)
+    abstract = jax.eval_shape(lambda: init_state(unet, tx, int(meta["seed"]),
                                                  int(meta["seq_len"]), int(meta["channels"])))
     state, meta = store.restore(abstract)
-  module, apply_fn = make_denoiser(unet_cfg)
-  diff_cfg = DiffusionConfig(**meta["diffusion"])
-  ema = jax.tree_util.tree_map(jnp.asarray, state["ema_params"])
-  return module, as_eps_model(apply_fn, diff_cfg.make_schedule(), diff_cfg.prediction), ema, meta
+  _, apply_fn = make_denoiser(unet)
+  diffusion = DiffusionConfig(**meta["diffusion"])
+  schedule = diffusion.make_schedule()
+  return Denoiser(apply_fn=as_eps_model(apply_fn, schedule, diffusion.prediction),
+                  params=jax.tree_util.tree_map(jnp.asarray, state["ema_params"]),
+                  schedule=schedule, unet=unet, diffusion=diffusion, train=train,
+                  seq_len=int(meta["seq_len"]), channels=int(meta["channels"]),
+                  num_classes=int(meta["num_classes"]), step=int(state["step"]), meta=meta,
+                  checkpoint_dir=os.path.abspath(checkpoint_dir))
