@@ -1,10 +1,13 @@
-"""The `tardiff` command line: one absl entrypoint for every stage (SPECS 3).
+"""The `tardiff` command line: one absl entrypoint for every stage of a TarDiff run.
 
   tardiff --config=configs/default.py --workdir=runs/sim            # the whole pipeline
-  tardiff --config=configs/default.py --workdir=runs/sim --mode=generate \
-      --config.guidance.method=tardiff --config.guidance.scale=100
+  tardiff --config=configs/default.py --workdir=runs/sim --mode=generate --methods=tardiff
+      --config.guidance.scale=100                                    # one method at w = 100
+  tardiff --config=configs/default.py --print_config                 # every field and its help
 
-Every stage skips work already complete in `workdir` and resumes interrupted training.
+Any config field can be overridden as --config.<section>.<field>=<value>. Every stage skips
+work already complete in --workdir, resumes interrupted training, and refuses a workdir whose
+checkpoints were trained with other settings (unless --retrain).
 """
 
 from __future__ import annotations
@@ -18,31 +21,71 @@ MODES = ("pipeline", "data", "train_diffusion", "train_classifier", "cache_guida
          "evaluate")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file, e.g. configs/default.py or configs/default.py:paper.",
+    "config", None, "Config file, e.g. configs/default.py or configs/default.py:paper; override "
+    "any field with --config.<section>.<field>=<value> (list them with --print_config).",
     lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, samples and reports.")
-_MODE = flags.DEFINE_enum("mode", "pipeline", MODES, "Which stage to run.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run: checkpoints, artifacts, "
+                               "synthetic sets, report.")
+_MODE = flags.DEFINE_enum("mode", "pipeline", MODES, "Stage to run; 'pipeline' runs them all "
+                          "and skips what the workdir holds.")
+_METHODS = flags.DEFINE_list("methods", None, "--mode=generate: the methods to generate "
+                             "(default: evaluation.methods).")
+_RETRAIN = flags.DEFINE_bool("retrain", False, "Discard checkpoints trained with other settings "
+                             "than the config and train again (default: stop with an error).")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config field with its "
+                                  "value and meaning, then exit.")
+flags.mark_flag_as_required("config")
+KEY_FLAGS = ("config", "workdir", "mode", "methods", "retrain", "print_config")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from tardiff_jax.config import describe, experiment_config
+
+  try:
+    cfg = experiment_config(_CONFIG.value)
+  except ValueError as e:
+    raise app.UsageError(f"--config: {e}") from None
+  if _PRINT_CONFIG.value:
+    print("\n".join(describe(cfg)))
+    return
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required (the directory of the run).")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; progress is ours.
   import jax
 
-  from tardiff_jax import pipeline
+  from tardiff_jax.experiment import run_mode
 
-  logging.info("JAX devices: %s", jax.devices())
   print(f"tardiff: mode={_MODE.value} workdir={_WORKDIR.value} devices={jax.devices()}",
         file=sys.stderr, flush=True)
-  pipeline.run_mode(_MODE.value, _CONFIG.value, _WORKDIR.value)
+  run_mode(_MODE.value, cfg, _WORKDIR.value, retrain=_RETRAIN.value, methods=_METHODS.value)
 
 
 def run() -> None:
-  """Console-script entry (`tardiff`)."""
-  app.run(main)
+  """Console-script entry (`tardiff`). `--help` describes the flags of the program that runs
+  (`sys.argv[0]`: the console script, or this module under `python -m`), so they are
+  registered for it here."""
+  sys.modules["__main__"].__doc__ = __doc__
+  for name in KEY_FLAGS:
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
+  app.run(main, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad `--config.<field>` override (which ml_collections reports
+  as AttributeError, KeyError or TypeError) reported as a usage error instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    msg = str(e)
+    if len(msg) > 1 and msg[0] == msg[-1] == "'":  # ml_collections raises with a repr
+      msg = msg[1:-1].replace(r"\n", " ").replace(r"\'", "'")
+    msg = " ".join(msg.split())
+    sys.stderr.write(f"FATAL Flags parsing error: {msg}\n"
+                     "Pass --help to see the flags, --print_config for the config fields.\n")
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tardiff_jax.config.fields import option
+
 SCHEDULES = ("ldm_linear", "linear", "cosine")
 
 
@@ -121,13 +123,16 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
-  """Typed view of `cfg.diffusion`."""
-  schedule: str = "ldm_linear"
-  num_timesteps: int = 200
-  beta_start: float = 5e-4
-  beta_end: float = 0.1
-  loss: str = "l1"
-  prediction: str = "eps"  # What the network predicts: "eps" (reference code) or "v".
+  """The noise schedule and the denoiser's training target."""
+  schedule: str = option("ldm_linear", "'ldm_linear' (reference code), 'linear' or 'cosine'.")
+  num_timesteps: int = option(200, "Training diffusion steps T.")
+  beta_start: float = option(5e-4, "First beta (ldm_linear / linear).")
+  beta_end: float = option(0.1, "Last beta (ldm_linear / linear).")
+  loss: str = option("l1", "Denoising loss: 'l1' (reference code) or 'l2'; masked.")
+  # With eps and ldm_linear, sqrt(alpha_bar) at t = T-1 is 0.025, so eps errors reach x0_hat 40x
+  # amplified and the first DDIM step fixes a far too wide sample; v maps 1:1
+  # (benchmarks/results/diffusion_fidelity_default*.md).
+  prediction: str = option("v", "Network target: 'eps' (reference code) or 'v'.")
 
   def __post_init__(self):
     if self.loss not in ("l1", "l2"):
@@ -135,14 +140,6 @@ class DiffusionConfig:
     if self.prediction not in ("eps", "v"):
       raise ValueError(f"diffusion.prediction must be 'eps' or 'v', got {self.prediction!r}.")
     self.make_schedule()  # Validates the schedule hyper-parameters up front.
-
-  @classmethod
-  def from_config(cls, section: Any) -> DiffusionConfig:
-    """From a ConfigDict / mapping with the `cfg.diffusion` fields (missing fields: defaults)."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    get = section.get if hasattr(section, "get") else lambda k, d=None: getattr(section, k, d)
-    kw = {k: get(k, None) for k in names}
-    return cls(**{k: v for k, v in kw.items() if v is not None})
 
   def make_schedule(self) -> Schedule:
     return make_schedule(self.schedule, self.num_timesteps, self.beta_start, self.beta_end)

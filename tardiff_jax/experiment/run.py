@@ -1,0 +1,332 @@
+"""`Experiment`: one workdir and its typed config, with every stage's result computed on first
+use and kept (in memory and in the workdir's artifact store), and `load_run` to open a finished
+run's trained pieces from Python.
+
+    with Experiment(config, "runs/simulator") as exp:   # takes the workdir's lock
+      exp.denoiser            # trains, resumes or reloads
+      exp.synthetic("tardiff")  # selects w on evaluation-val if needed, then samples
+      report = evaluate(exp)  # tardiff_jax.experiment.evaluate
+
+Every computation is keyed by the identities of its inputs (settings and data fingerprints), so
+a rerun skips what is done, and a killed run resumes with the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from tardiff_jax import io as tio
+from tardiff_jax.config.schema import ExperimentConfig, experiment_config
+from tardiff_jax.data.loaders import save_dataset
+from tardiff_jax.data.prepare import PreparedData, prepare_data
+from tardiff_jax.evaluation import protocols
+from tardiff_jax.evaluation.downstream import evaluate_fresh_group
+from tardiff_jax.experiment import stages
+from tardiff_jax.experiment.methods import (
+    DIFFUSION_KEY,
+    BaselineMethod,
+    DiffusionMethod,
+    check_methods,
+    get_method,
+)
+from tardiff_jax.experiment.store import ArtifactKey, ArtifactStore, settings_digest
+from tardiff_jax.experiment.workdir import Workdir
+from tardiff_jax.influence.guidance import guidance_from_config, make_gparams
+from tardiff_jax.sampling.generate import class_counts, generate
+from tardiff_jax.sampling.sampler import make_sampler
+
+log = stages.log
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticSet:
+  """A method's synthetic set in the model's normalised space (`x` float32[N, T, C], `y`
+  int32[N], class-sorted), the scale it was drawn at (None for unguided and baselines), the
+  seconds it took and its artifact key. `view` is "drawn" (as the sampler returned it) or
+  "published" (read back from synthetic/<method>.npz, i.e. through the original units, which
+  is what the evaluation scores: the set users get)."""
+  method: str
+  x: np.ndarray
+  y: np.ndarray
+  scale: Any
+  seconds: float
+  key: ArtifactKey
+  view: str = "drawn"
+
+  @property
+  def identity(self) -> str:
+    return settings_digest({"synthetic": self.key.digest, "view": self.view})
+
+
+class Experiment:
+  """A run in `workdir` with `config` (a ConfigDict, mapping or ExperimentConfig).
+
+  Writers take the workdir's lock (a second run on the same workdir stops with
+  `WorkdirLockedError`); `readonly=True` opens a finished run without the lock and refuses to
+  train or compute anything new. `retrain=True` discards checkpoints trained with other
+  settings instead of stopping with `IncompatibleWorkdirError`.
+  """
+
+  def __init__(self, config: Any, workdir: str | os.PathLike, *, quiet: bool = False,
+               retrain: bool = False, readonly: bool = False):
+    self.config: ExperimentConfig = experiment_config(config)
+    check_methods(self.config.evaluation.methods)
+    self.workdir = Workdir(workdir)
+    self.quiet, self.retrain, self.readonly = quiet, retrain, readonly
+    if not readonly:
+      self.workdir.acquire()
+      tio.write_json(self.workdir.config_json, self.config.to_dict())
+    self.store = ArtifactStore(self.workdir.root, readonly=readonly)
+    self._samplers: dict[Any, Any] = {}
+    self._synthetic: dict[tuple[str, Any], SyntheticSet] = {}
+
+  def close(self) -> None:
+    self.workdir.release()
+
+  def __enter__(self) -> Experiment:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def log(self, msg: str) -> None:
+    if not self.quiet:
+      log(msg)
+
+  # ------------------------------------------------------------------ trained pieces
+  @functools.cached_property
+  def data(self) -> PreparedData:
+    t0 = time.perf_counter()
+    data = prepare_data(self.config.data)
+    self.data_seconds = time.perf_counter() - t0
+    if not self.readonly:
+      tio.write_json(self.workdir.path("data", "summary.json"), data.info)
+      tio.write_json(self.workdir.path("data", "normalizer.json"), data.normalizer.to_dict())
+    i = data.info
+    self.log(f"data: {i['name']} train/val/test = {i['n_train']}/{i['n_val']}/{i['n_test']}, "
+             f"T={i['T']}, C={i['C']}, prevalence(train)={i['prevalence_train']:.3f}")
+    return data
+
+  @functools.cached_property
+  def denoiser(self) -> stages.Denoiser:
+    return stages.train_denoiser(self.config, self.data, self.workdir, self.store,
+                                 retrain=self.retrain, readonly=self.readonly, quiet=self.quiet)
+
+  @functools.cached_property
+  def guide(self) -> stages.TrainedGuide:
+    return stages.train_guide(self.config, self.data, self.workdir, self.store,
+                              retrain=self.retrain, readonly=self.readonly, quiet=self.quiet)
+
+  @functools.cached_property
+  def _cache(self):
+    return stages.guidance_cache(self.config, self.data, self.guide, self.store, self.quiet)
+
+  @property
+  def guidance_cache(self):
+    """The cached guidance gradient G (`GuidanceCache`) over guidance-val."""
+    return self._cache[0]
+
+  @functools.cached_property
+  def _fit(self):
+    return stages.fit_sampler_stats(self.config, self.data, self.denoiser, self.store,
+                                    self.quiet)
+
+  @property
+  def sampler_fit(self):
+    """The sampler's fits to the denoiser (`SamplerFit`: gamma, x0 calibration)."""
+    return self._fit[0]
+
+  # ------------------------------------------------------------------ methods
+  def scale(self, method: str) -> Any:
+    """The w a guided method samples with: TarDiff's per-class scales, its fixed scale, or the
+    one chosen on evaluation-val; other methods' `guidance.<method>_scale`."""
+    m = get_method(method)
+    if not isinstance(m, DiffusionMethod) or not m.guided:
+      return None
+    g = self.config.guidance
+    if m.scale_field == "scale":
+      if g.class_scales:
+        if len(g.class_scales) != self.data.num_classes:
+          raise ValueError(f"guidance.class_scales has {len(g.class_scales)} entries for "
+                           f"{self.data.num_classes} classes.")
+        return tuple(g.class_scales)
+      if g.scale is not None:
+        return float(g.scale)
+      return float(self.selection.selected)
+    return float(getattr(g, m.scale_field))
+
+  @functools.cached_property
+  def selection(self):
+    """TarDiff's scale sweep on evaluation-val (`selection.ScaleSelection`)."""
+    from tardiff_jax.experiment.selection import select_scale  # noqa: PLC0415 (import cycle)
+    return select_scale(self)
+
+  def sampler(self, method: str):
+    """The jitted sampler of a diffusion method (one per guidance score; the scale travels in
+    gparams, so no scale recompiles): `sample(params, gparams, key, y, shape)`."""
+    m = get_method(method)
+    if not isinstance(m, DiffusionMethod):
+      raise ValueError(f"{method} is not a diffusion method.")
+    if m.score not in self._samplers:
+      guidance_fn = None
+      if m.guided:
+        variant = None if m.score == "influence" else m.score
+        guidance_fn = guidance_from_config(self.guide.classifier.loss_fn, self.config.guidance,
+                                           variant)
+      d, fit = self.denoiser, self.sampler_fit
+      fn = make_sampler(d.apply_fn, d.schedule, self.config.sampling, d.num_classes,
+                        guidance_fn=guidance_fn, gamma=fit.gamma, calibration=fit.calibration)
+      self._samplers[m.score] = jax.jit(fn, static_argnames="shape")
+    return self._samplers[m.score]
+
+  def gparams(self, method: str, scale: Any) -> Any:
+    """The guidance hook's parameters for a guided method at `scale` (None when unguided)."""
+    if not get_method(method).guided:
+      return None
+    return make_gparams(self.guide.params, self.guidance_cache.G, scale)
+
+  def train_counts(self) -> np.ndarray:
+    return self.data.train.class_counts()
+
+  def synthetic_settings(self, method: str, scale: Any) -> dict[str, Any]:
+    """What a method's synthetic set at `scale` depends on (its artifact's settings)."""
+    m = get_method(method)
+    counts = class_counts(self.train_counts(), mode=self.config.sampling.counts)
+    s: dict[str, Any] = {"method": method, "seed": self.config.seed, "counts": counts.tolist()}
+    if isinstance(m, BaselineMethod):
+      s["train"] = self.data.fingerprint("train")
+      return s
+    g = self.config.guidance
+    s.update(denoiser=stages.denoiser_identity(self.denoiser), sampler_fit=self._fit[1],
+             sampling=dataclasses.asdict(self.config.sampling))
+    if m.guided:
+      s.update(scale=scale, guide=self.guide.identity, cache=self._cache[1],
+               guidance={"score": g.variant if m.score == "influence" else m.score,
+                         "evaluate_on": g.evaluate_on, "through_denoiser": g.through_denoiser,
+                         "clip": g.clip, "normalize_grad": g.normalize_grad})
+    return s
+
+  def synthetic(self, method: str, scale: Any = None) -> SyntheticSet:
+    """The method's synthetic set (drawn once, then read from the store); `scale` overrides
+    the resolved w of a guided method (the scale sweep)."""
+    m = get_method(method)
+    if scale is None:
+      scale = self.scale(method)
+    memo = (method, scale)
+    if memo in self._synthetic:
+      return self._synthetic[memo]
+    key = self.store.key("synthetic", method, self.synthetic_settings(method, scale), "npz")
+    arrays = self.store.read_arrays(key)
+    if arrays is not None:
+      syn = SyntheticSet(method, arrays["x"], arrays["y"], scale, self.store.seconds(key), key)
+    else:
+      t0 = time.perf_counter()
+      counts = class_counts(self.train_counts(), mode=self.config.sampling.counts)
+      if isinstance(m, BaselineMethod):
+        x, y = m.make(self.data.train, counts, self.config.seed + stages.stream_seed(method))
+      else:
+        rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), DIFFUSION_KEY)
+        d = self.denoiser
+        x, y = generate(self.sampler(method), d.params, self.gparams(method, scale), rng, counts,
+                        (self.data.train.T, self.data.train.C), self.config.sampling.batch_size,
+                        progress=not self.quiet)
+      seconds = time.perf_counter() - t0
+      x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+      self.store.write_arrays(key, {"x": x, "y": y}, seconds=seconds)
+      syn = SyntheticSet(method, x, y, scale, seconds, key)
+      self.log(f"generate: {method}{'' if scale is None else f' (w={scale})'}: {len(y)} samples "
+               f"in {seconds:.1f}s ({len(y) / max(seconds, 1e-9):.1f} samples/s)")
+    self._synthetic[memo] = syn
+    return syn
+
+  def export_synthetic(self, syn: SyntheticSet) -> SyntheticSet:
+    """Writes synthetic/<method>.npz in original units with channel and class names (loadable
+    with `tardiff_jax.data.load_dataset`); returns the published view of the set (its values
+    read back through the original units, normalised again)."""
+    d = self.data
+    extra = {"method": np.asarray(syn.method)}
+    if syn.scale is not None:
+      extra["scale"] = np.asarray(syn.scale, np.float32)
+    x_units = d.normalizer.inverse(syn.x)
+    if not self.readonly:
+      save_dataset(self.workdir.synthetic(syn.method), x_units, syn.y,
+                   channel_names=d.train.channel_names, class_names=d.train.class_names,
+                   **extra)
+    return dataclasses.replace(syn, x=d.normalizer.transform(x_units), view="published")
+
+  # ------------------------------------------------------------------ protocols
+  @property
+  def protocol_seeds(self) -> list[int]:
+    return [self.config.seed + 1000 + i for i in range(self.config.evaluation.num_seeds)]
+
+  @property
+  def epoch_size(self) -> int:
+    """Minibatch positions per epoch of every protocol model: the largest protocol set (real
+    train + max(alpha) x real train). Fixed by the config, so a setting's result does not depend
+    on which other settings share its vmapped group (resumed runs reproduce it)."""
+    n = len(self.data.train)
+    return n + int(round(max(self.config.evaluation.alphas) * n))
+
+  def mix(self, syn: SyntheticSet, alpha: float) -> tuple[np.ndarray, np.ndarray, str, int]:
+    """TSRTR training set: real train + alpha |real train| synthetic rows -> (x, y, identity,
+    number of synthetic rows)."""
+    d = self.data.train
+    x, y, n = protocols.mix_real_synthetic(d.x, d.y, syn.x, syn.y, alpha, self.config.seed)
+    ident = settings_digest({"real": self.data.fingerprint("train"), "synthetic": syn.identity,
+                             "alpha": float(alpha), "seed": self.config.seed})
+    return x, y, ident, n
+
+  def protocol_group(self, fits: dict[str, tuple[np.ndarray, np.ndarray, str]], val: str,
+                     test: str, label: str) -> dict[str, dict[str, Any]]:
+    """Fresh downstream models on each named training set (x, y, identity), trained as one
+    vmapped group (every set x every seed), early-stopped on split `val` and scored on split
+    `test`; each setting's result is an artifact. A group whose results are all stored is read
+    back; otherwise the whole group trains again (a member's result does not depend on its
+    group), so an interrupted evaluation resumes with the same numbers."""
+    ecfg, data = self.config.evaluation, self.data
+    spec = stages.classifier_spec(self.config, data, ecfg.downstream)
+    common = {"val": data.fingerprint(val), "test": data.fingerprint(test),
+              "model": spec.to_dict(), "train": dataclasses.asdict(self.config.train_classifier),
+              "seeds": self.protocol_seeds, "epoch_size": self.epoch_size,
+              "target": data.target_class}
+    keys = {n: self.store.key("protocol", n, {**common, "fit": ident})
+            for n, (_, _, ident) in fits.items()}
+    stored = {n: self.store.read_json(k) for n, k in keys.items()}
+    if all(v is not None for v in stored.values()):
+      return stored
+    vs, ts = getattr(data, val), getattr(data, test)
+    t0 = time.perf_counter()
+    results = evaluate_fresh_group([(x, y) for x, y, _ in fits.values()], vs.x, vs.y, ts.x, ts.y,
+                                   spec, self.config.train_classifier, self.protocol_seeds,
+                                   target=data.target_class, epoch_size=self.epoch_size,
+                                   name=label, quiet=self.quiet)
+    seconds = time.perf_counter() - t0
+    out = {}
+    for name, res in zip(fits, results):
+      res["seconds"] = seconds / len(fits)  # The group's wall time, shared out.
+      res["group"] = label
+      self.store.write_json(keys[name], res, seconds=res["seconds"])
+      self.log(f"evaluate: {name}: AUROC {res['auroc']:.3f} AUPRC {res['auprc']:.3f} "
+               f"F1 {res['minority_f1']:.3f} (group of {res.get('group_size', '?')} models, "
+               f"{res['seconds']:.1f}s)")
+      out[name] = res
+    return out
+
+
+def load_run(workdir: str | os.PathLike, quiet: bool = True) -> Experiment:
+  """Opens a finished run read-only from its config.json: `.data`, `.denoiser` (apply_fn,
+  EMA params, schedule), `.guide` (classifier, params), `.guidance_cache`, `.sampler_fit`,
+  `.sampler(method)`, `.synthetic(method)` all come from what the pipeline saved (nothing is
+  trained; a missing piece raises)."""
+  path = os.path.join(os.fspath(workdir), "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {workdir} is not a tardiff workdir (run the "
+                            "pipeline there first).")
+  return Experiment(tio.read_json(path), workdir, quiet=quiet, readonly=True)
