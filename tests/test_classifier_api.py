@@ -3,44 +3,38 @@ forms, vmap(loss_fn) against a loop, weighted batch loss, probabilities."""
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tardiff_jax.models.classifier import ClassifierConfig
+from tardiff_jax.config import experiment_config, load_config
+from tardiff_jax.models.classifier import ClassifierConfig, ClassifiersConfig, TimesNetConfig
 from tardiff_jax.models.classifier import make_classifier
 from tests.test_timesnet import random_params
 
 
-def _default_config():
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
-  spec = importlib.util.spec_from_file_location("_cfg_default_for_classifier_test", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
-
-
-def test_config_from_config_and_round_trip():
-  cfg = _default_config()
-  cfg.classifier.model = "timesnet"  # the default model is the config owner's choice
-  cc = ClassifierConfig.from_config(cfg.classifier, 2, 24, 7, periods=[8, 6, 4])
-  tn = cfg.classifier.timesnet
+def test_section_spec_and_round_trip():
+  section = experiment_config(load_config("default")).classifier
+  cc = section.spec(2, 24, 7, model="timesnet", periods=[8, 6, 4])
+  tn = section.timesnet
   assert (cc.model, cc.d_model, cc.d_ff, cc.e_layers, cc.top_k, cc.num_kernels) == (
       "timesnet", tn.d_model, tn.d_ff, tn.e_layers, tn.top_k, tn.num_kernels)
   assert cc.periods == (8, 6, 4) and cc.num_outputs == 1
   back = ClassifierConfig.from_dict(json.loads(json.dumps(cc.to_dict())))
   assert back == cc
-  cfg.classifier.timesnet.periods = (12, 8, 6)  # fixed periods from the config
-  assert ClassifierConfig.from_config(cfg.classifier, 3, 24, 7).periods == (12, 8, 6)
-  cfg.classifier.model = "gru"
-  g = ClassifierConfig.from_config(cfg.classifier, 3, 24, 7)
-  assert g.gru_hidden == cfg.classifier.gru.hidden and g.num_outputs == 3
+  fixed = dataclasses.replace(section, timesnet=dataclasses.replace(tn, periods=(12, 8, 6)))
+  assert fixed.spec(3, 24, 7, model="timesnet").periods == (12, 8, 6)  # fixed in the config
+  g = section.spec(3, 24, 7, model="gru")
+  assert g.gru_hidden == section.gru.hidden and g.num_outputs == 3
   assert ClassifierConfig.from_dict(g.to_dict()) == g
+  # The flat network spec takes its width defaults from the config section's.
+  assert ClassifierConfig(model="gru").d_model == TimesNetConfig().d_model
+  with pytest.raises(ValueError, match="classifier.model"):
+    ClassifiersConfig(model="lstm")
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -114,18 +114,20 @@ def test_evaluate_fresh_never_learns_from_test(data):
 
 def test_checkpoint_skip(tmp_path, data, clf):
   (xt, yt), (xv, yv), _ = data
-  p1, h1 = ct.train_classifier(clf, xt, yt, xv, yv, TCFG, seed=0, workdir=str(tmp_path),
-                               quiet=True)
+  kw = dict(seed=0, checkpoint_dir=str(tmp_path / "ckpt"),
+            metrics_path=str(tmp_path / "metrics.jsonl"), quiet=True)
+  p1, h1 = ct.train_classifier(clf, xt, yt, xv, yv, TCFG, **kw)
   assert "restored" not in h1
   assert (tmp_path / "metrics.jsonl").exists()
-  p2, h2 = ct.train_classifier(clf, xt, yt, xv, yv, TCFG, seed=0, workdir=str(tmp_path),
-                               quiet=True)
+  p2, h2 = ct.train_classifier(clf, xt, yt, xv, yv, TCFG, **kw)
   assert h2["restored"] and h2["best_epoch"] == h1["best_epoch"]
   for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   other = make_classifier(dataclasses.replace(CFG, gru_hidden=5))
-  with pytest.raises(ValueError, match="different classifier config"):
-    ct.train_classifier(other, xt, yt, xv, yv, TCFG, seed=0, workdir=str(tmp_path), quiet=True)
+  with pytest.raises(ValueError, match="other settings.*classifier_config.gru_hidden"):
+    ct.train_classifier(other, xt, yt, xv, yv, TCFG, **kw)
+  with pytest.raises(ValueError, match="other settings.*seed"):
+    ct.train_classifier(clf, xt, yt, xv, yv, TCFG, **{**kw, "seed": 1})
 
 
 def test_epoch_indices_cover_each_example_once():
@@ -144,9 +146,11 @@ def test_class_weights_balance_classes():
 
 def test_config_validation():
   import ml_collections
+
+  from tardiff_jax.config import from_mapping
   sec = ml_collections.ConfigDict({"batch_size": 32, "max_epochs": 3, "patience": 1,
                                    "learning_rate": 1e-3, "class_weighting": True})
-  cfg = ct.TrainClassifierConfig.from_config(sec)
+  cfg = from_mapping(ct.TrainClassifierConfig, sec)
   assert cfg.batch_size == 32 and cfg.class_weighting and cfg.eval_batch_size == 1024
   for bad in ({"batch_size": 0}, {"patience": 0}, {"learning_rate": -1.0},
               {"max_epochs": 0}):
@@ -156,9 +160,9 @@ def test_config_validation():
 
 def test_bad_inputs_raise(clf, data):
   (xt, yt), (xv, yv), _ = data
-  with pytest.raises(ValueError, match="one class"):
+  with pytest.raises(ValueError, match="target class 1 and another"):
     ct.train_classifier_seeds(clf, xt, yt, xv, np.zeros_like(yv), TCFG, [0], quiet=True)
-  with pytest.raises(ValueError, match="NaN"):
+  with pytest.raises(ValueError, match="non-finite"):
     bad = xt.copy()
     bad[0, 0, 0] = np.nan
     ct.train_classifier_seeds(clf, bad, yt, xv, yv, TCFG, [0], quiet=True)

@@ -3,6 +3,7 @@ normalisers and the data stage. numpy only (no JAX)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from tardiff_jax import io as tio
+from tardiff_jax.config import experiment_config, from_mapping, load_config
 from tardiff_jax.data import (
     DataConfig,
     DataError,
@@ -19,6 +21,7 @@ from tardiff_jax.data import (
     load_dataset,
     make_normalizer,
     normalizer_from_dict,
+    SimulatorConfig,
     prepare_data,
     split_guidance,
     stratified_split,
@@ -397,30 +400,26 @@ def test_interpolate_missing_closed_form():
 
 
 def test_data_config_validation():
-  DataConfig.from_config({"source": "simulator", "num_stays": 100})
-  with pytest.raises(ValueError, match="Unknown data config fields"):
-    DataConfig.from_config({"nm_stays": 100})
+  cfg = from_mapping(DataConfig, {"source": "simulator", "simulator": {"num_stays": 100}})
+  assert cfg.simulator.num_stays == 100 and (cfg.val_fraction, cfg.test_fraction) == (0.1, 0.1)
+  with pytest.raises(ValueError, match="unknown config field data.nm_stays"):
+    from_mapping(DataConfig, {"nm_stays": 100}, "data.")
   with pytest.raises(ValueError, match="data.normalizer"):
     DataConfig(normalizer="robust")
   with pytest.raises(ValueError, match="data.path"):
     DataConfig(source="file")
-  with pytest.raises(ValueError, match="data.label"):
-    DataConfig(label="los")
+  with pytest.raises(ValueError, match="data.simulator.label"):
+    SimulatorConfig(label="los")
+  with pytest.raises(ValueError, match="data.val_fraction"):
+    DataConfig(val_fraction=0.6, test_fraction=0.5)
 
 
 def test_prepare_data_default_config_section():
-  import importlib.util
-  import os
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  spec = importlib.util.spec_from_file_location("_tiny_cfg", os.path.join(root, "configs",
-                                                                          "tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = DataConfig.from_config(mod.get_config().data)
+  cfg = experiment_config(load_config("tiny")).data
   p = prepare_data(cfg)
   info = p.info
-  assert info["n_train"] + info["n_val"] + info["n_test"] == cfg.num_stays
-  assert (info["T"], info["C"]) == (24, 7)
+  assert info["n_train"] + info["n_val"] + info["n_test"] == cfg.simulator.num_stays
+  assert (info["T"], info["C"]) == (24, 7) and info["target_class"] == 1
   assert 0.0 < info["prevalence_train"] < 0.2 and 0.5 <= info["oracle_auroc"] <= 1.0
   for d, r in ((p.train, p.raw.train), (p.val, p.raw.val), (p.test, p.raw.test)):
     assert d.x.dtype == np.float32 and np.isfinite(d.x).all() and (d.x[~d.mask] == 0).all()
@@ -429,6 +428,44 @@ def test_prepare_data_default_config_section():
   assert len(p.guide_val) + len(p.eval_val) == len(p.val)
   ref = make_normalizer("zscore").fit(p.raw.train)
   np.testing.assert_array_equal(ref.mean, p.normalizer.mean)
+  assert p.fingerprint("train") == prepare_data(cfg).fingerprint("train")
+  assert p.fingerprint("train") != p.fingerprint("val")
+
+
+def test_user_files_split_80_10_10_and_the_simulator_keeps_its_sizes(tmp_path):
+  x, y, mask = _arrays(n=1000)
+  path = tmp_path / "mine.npz"
+  tio.write_npz(path, x=x, y=y, mask=mask)
+  default = experiment_config(load_config("default")).data
+  p = prepare_data(dataclasses.replace(default, source="file", path=str(path)))
+  sizes = (p.info["n_train"], p.info["n_val"], p.info["n_test"])
+  assert sizes == (800, 100, 100), sizes
+  sim = prepare_data(dataclasses.replace(
+      default, simulator=dataclasses.replace(default.simulator, num_stays=1000)))
+  assert (sim.info["n_train"], sim.info["n_val"], sim.info["n_test"]) == (100, 200, 700)
+
+
+def test_labels_are_checked_at_the_data_stage(tmp_path):
+  x, y, _ = _arrays(n=300)
+  y3 = np.where(y == 1, 2, y)  # Labels 0 and 2: class 1 has no example.
+  path = tmp_path / "gap.npz"
+  tio.write_npz(path, x=x, y=y3)
+  with pytest.raises(DataError, match="class 1 .*no training examples"):
+    prepare_data(DataConfig(source="file", path=str(path)))
+  rng = np.random.default_rng(0)
+  k3 = rng.choice(3, size=300, p=[0.6, 0.3, 0.1])
+  path = tmp_path / "three.npz"
+  tio.write_npz(path, x=x, y=k3)
+  p = prepare_data(DataConfig(source="file", path=str(path)))
+  assert p.num_classes == 3 and p.target_class == 2  # The rarest class.
+  assert p.info["prevalence_train"] == pytest.approx(np.mean(p.train.y == 2))
+  # A pre-split file whose test split lacks the target class (the rarest, 2).
+  tr, va, te = stratified_split_indices(k3, 0, 0.1, 0.1)
+  path = tmp_path / "nopos.npz"
+  tio.write_npz(path, x_train=x[tr], y_train=k3[tr], x_val=x[va], y_val=k3[va], x_test=x[te],
+                y_test=np.minimum(k3[te], 1))
+  with pytest.raises(DataError, match="no example of the target class 2"):
+    prepare_data(DataConfig(source="file", path=str(path)))
 
 
 def test_prepare_data_from_file(tmp_path):
@@ -444,7 +481,8 @@ def test_prepare_data_from_file(tmp_path):
 
 
 def test_prepare_data_long_stay_label():
-  p = prepare_data(DataConfig(num_stays=400, label="long_stay", normalizer="minmax"))
+  p = prepare_data(DataConfig(normalizer="minmax",
+                              simulator=SimulatorConfig(num_stays=400, label="long_stay")))
   assert p.train.class_names == ("short", "long")
   assert 0.05 < p.info["prevalence_train"] < 0.25 and "oracle_auroc" in p.info
   assert np.abs(p.train.x).max() <= 1.0 + 1e-6

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,7 @@ from tardiff_jax import io as tio
 from tardiff_jax.diffusion import DiffusionConfig
 from tardiff_jax.data import simulate_icu
 from tardiff_jax.models import UNetConfig
+from tardiff_jax.training.checkpoints import CHECKSUMS, CorruptCheckpointError
 from tardiff_jax.training.diffusion_trainer import (DiffusionTrainConfig, load_diffusion,
                                                     train_diffusion)
 
@@ -22,9 +26,9 @@ UNET = UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
 TRAIN = DiffusionTrainConfig(batch_size=32, num_steps=40, learning_rate=3e-3, warmup_steps=5,
                              lr_schedule="constant", grad_clip=1.0, ema_decay=0.99,
                              checkpoint_every=15, log_every=10)
-DIFF = DiffusionConfig(num_timesteps=50, loss="l1")
-CONFIG = (UNET, TRAIN, DIFF)
-NORM = {"kind": "zscore", "mean": [1.0, 2.0], "std": [3.0, 4.0]}
+DIFF = DiffusionConfig(num_timesteps=50, loss="l1", prediction="eps")
+CONFIG = dict(unet=UNET, train=TRAIN, diffusion=DIFF)
+NORM = {"normalizer": {"kind": "zscore", "mean": [1.0, 2.0], "std": [3.0, 4.0]}}
 
 
 def _data():
@@ -41,10 +45,10 @@ def runs(tmp_path_factory):
   x, y, mask = _data()
   full_dir = str(tmp_path_factory.mktemp("full"))
   part_dir = str(tmp_path_factory.mktemp("part"))
-  full = train_diffusion(CONFIG, x, y, mask, full_dir, normalizer=NORM, seed=3, quiet=True)
-  stopped = train_diffusion(CONFIG, x, y, mask, part_dir, normalizer=NORM, seed=3, quiet=True,
-                            stop_after=20)
-  resumed = train_diffusion(CONFIG, x, y, mask, part_dir, normalizer=NORM, seed=3, quiet=True)
+  kw = dict(CONFIG, extra_meta=NORM, seed=3, quiet=True)
+  full = train_diffusion(x, y, mask, os.path.join(full_dir, "ckpt"), **kw)
+  stopped = train_diffusion(x, y, mask, os.path.join(part_dir, "ckpt"), stop_after=20, **kw)
+  resumed = train_diffusion(x, y, mask, os.path.join(part_dir, "ckpt"), **kw)
   return dict(x=x, y=y, mask=mask, full=full, stopped=stopped, resumed=resumed,
               full_dir=full_dir, part_dir=part_dir)
 
@@ -65,21 +69,24 @@ def test_resume_is_bit_identical(runs):
   assert runs["stopped"].step == 20 and runs["stopped"].trained_steps == 20
   full, resumed = runs["full"], runs["resumed"]
   assert resumed.step == 40 and resumed.trained_steps == 20 and full.trained_steps == 40
-  for a, b in ((full.params, resumed.params), (full.ema_params, resumed.ema_params)):
+  for a, b in ((full.raw_params, resumed.raw_params), (full.params, resumed.params)):
     for la, lb in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
       np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
   # And training actually moved the parameters away from the interrupted point.
   moved = [float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
-      jax.tree_util.tree_leaves(runs["stopped"].params), jax.tree_util.tree_leaves(full.params))]
+      jax.tree_util.tree_leaves(runs["stopped"].raw_params),
+      jax.tree_util.tree_leaves(full.raw_params))]
   assert max(moved) > 0
 
 
 def test_checkpoint_round_trip_and_load(runs):
-  module, apply_fn, ema, meta = load_diffusion(runs["full_dir"])
-  for la, lb in zip(jax.tree_util.tree_leaves(runs["full"].ema_params),
+  d = load_diffusion(os.path.join(runs["full_dir"], "ckpt"))
+  apply_fn, ema, meta = d.apply_fn, d.params, d.meta
+  for la, lb in zip(jax.tree_util.tree_leaves(runs["full"].params),
                     jax.tree_util.tree_leaves(ema)):
     np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
-  assert meta["normalizer"] == NORM
+  assert meta["normalizer"] == NORM["normalizer"]
+  assert d.diffusion == DIFF and d.unet == UNET and d.schedule.num_timesteps == 50
   assert meta["unet"]["channel_mult"] == [1, 2] and meta["num_classes"] == 2
   assert meta["seq_len"] == 24 and meta["channels"] == 7
   out = jax.jit(apply_fn)(ema, jnp.asarray(runs["x"][:4]), jnp.array([0, 5, 10, 49], jnp.int32),
@@ -88,8 +95,9 @@ def test_checkpoint_round_trip_and_load(runs):
 
 
 def test_finished_run_returns_immediately(runs):
-  again = train_diffusion(CONFIG, runs["x"], runs["y"], runs["mask"], runs["full_dir"],
-                          normalizer=NORM, seed=3, quiet=True)
+  again = train_diffusion(runs["x"], runs["y"], runs["mask"],
+                          os.path.join(runs["full_dir"], "ckpt"), extra_meta=NORM, seed=3,
+                          quiet=True, **CONFIG)
   assert again.step == 40 and again.trained_steps == 0
   n_lines = len(tio.read_jsonl(os.path.join(runs["full_dir"], "metrics.jsonl")))
   assert n_lines == 4  # Nothing was trained or logged again.
@@ -99,11 +107,47 @@ def test_finished_run_returns_immediately(runs):
 
 
 def test_mismatched_checkpoint_is_refused(runs):
-  other = (UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
-                      attention_resolutions=(2,), num_heads=2), TRAIN, DIFF)
-  with pytest.raises(ValueError, match="unet"):
-    train_diffusion(other, runs["x"], runs["y"], runs["mask"], runs["full_dir"], seed=3,
-                    quiet=True)
+  other = dict(CONFIG, unet=UNetConfig(base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                                       attention_resolutions=(2,), num_heads=2))
+  ckpt = os.path.join(runs["full_dir"], "ckpt")
+  with pytest.raises(ValueError, match="unet.base_channels"):
+    train_diffusion(runs["x"], runs["y"], runs["mask"], ckpt, seed=3, quiet=True, **other)
+  with pytest.raises(ValueError, match="train_diffusion.learning_rate"):
+    train_diffusion(runs["x"], runs["y"], runs["mask"], ckpt, seed=3, quiet=True,
+                    **dict(CONFIG, train=dataclasses.replace(TRAIN, learning_rate=1e-2)))
+  # Logging and saving intervals are not settings of the model: the finished run is reused.
+  again = train_diffusion(runs["x"], runs["y"], runs["mask"], ckpt, seed=3, quiet=True,
+                          extra_meta=NORM, **dict(CONFIG, train=dataclasses.replace(
+                              TRAIN, log_every=7, checkpoint_every=3)))
+  assert again.trained_steps == 0 and again.step == 40
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_step(runs, tmp_path):
+  """The newest step's files fail their checksums: the store warns and restores the step
+  before (orbax keeps two), and training resumes from there to the same parameters."""
+  src = os.path.join(runs["full_dir"], "ckpt")
+  ckpt = str(tmp_path / "ckpt")
+  shutil.copytree(src, ckpt)
+  steps = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+  assert steps == [30, 40]
+  victim = max((os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(ckpt, "40"))
+                for f in fs), key=os.path.getsize)
+  with open(victim, "r+b") as f:
+    f.truncate(os.path.getsize(victim) // 2)
+  redone = train_diffusion(runs["x"], runs["y"], runs["mask"], ckpt, extra_meta=NORM, seed=3,
+                           quiet=True, **CONFIG)
+  assert redone.trained_steps == 10 and redone.step == 40
+  for la, lb in zip(jax.tree_util.tree_leaves(runs["full"].params),
+                    jax.tree_util.tree_leaves(redone.params)):
+    np.testing.assert_array_equal(np.asarray(la), np.asarray(lb))
+  # With every step damaged there is nothing to fall back to: an error names the directory.
+  for dp, _, fs in os.walk(ckpt):
+    for f in fs:
+      if f != CHECKSUMS and os.path.basename(dp) != ckpt:
+        with open(os.path.join(dp, f), "ab") as fh:
+          fh.write(b"x")
+  with pytest.raises(CorruptCheckpointError, match=re.escape(ckpt)):
+    load_diffusion(ckpt)
 
 
 def test_bad_train_config():

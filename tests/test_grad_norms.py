@@ -54,5 +54,5 @@ def test_matches_per_example_loop_on_gru():
 def test_bad_input():
   with pytest.raises(ValueError, match="batch_size"):
     grad_norms.per_example_grad_norms(_logistic_loss, {}, np.zeros((2, 3, 2)), np.zeros(2), 0)
-  with pytest.raises(ValueError, match="y"):
+  with pytest.raises(ValueError, match="labels of grad norms"):
     grad_norms.per_example_grad_norms(_logistic_loss, {}, np.zeros((2, 3, 2)), np.zeros(3), 2)

@@ -13,7 +13,7 @@ from tardiff_jax.diffusion.schedules import make_schedule
 from tardiff_jax.influence import cache as cache_lib
 from tardiff_jax.influence import guidance as guidance_lib
 from tardiff_jax.influence import scores
-from tardiff_jax.sampling.sampler import SamplerConfig, make_sampler
+from tardiff_jax.sampling import SamplerConfig, make_sampler
 
 T, C, K, B, STEPS = 6, 3, 2, 16, 5
 
@@ -66,9 +66,12 @@ def _samplers(s, config, variant="dot", **kw):
   return unguided, guided
 
 
-@pytest.mark.parametrize("config", [SamplerConfig("ddim", STEPS, eta=1.0),
-                                    SamplerConfig("ddim", STEPS, eta=1.0, cfg_scale=2.0),
-                                    SamplerConfig("ddpm")])
+PLAIN = dict(variance="ddim", calibrate_x0=False)  # The step's own noise, x0_hat as it is.
+
+
+@pytest.mark.parametrize("config", [SamplerConfig("ddim", STEPS, eta=1.0, **PLAIN),
+                                    SamplerConfig("ddim", STEPS, eta=1.0, cfg_scale=2.0, **PLAIN),
+                                    SamplerConfig("ddpm", **PLAIN)])
 def test_zero_scale_reproduces_unguided_bit_for_bit(setup, config):
   s = setup
   unguided, guided = _samplers(s, config)
@@ -104,7 +107,7 @@ def _subjaxprs(params):
 @pytest.mark.parametrize("kw", [{}, {"through_denoiser": True}])
 def test_guided_sampler_is_one_scan(setup, kw):
   s = setup
-  config = SamplerConfig("ddim", STEPS, eta=1.0)
+  config = SamplerConfig("ddim", STEPS, eta=1.0, **PLAIN)
   sample = make_sampler(s["apply_fn"], s["schedule"], config, K,
                         guidance_fn=guidance_lib.make_influence_guidance(s["loss_fn"], "dot", **kw))
   gp = guidance_lib.make_gparams(s["cls"], s["G"], 1.0)
@@ -118,7 +121,7 @@ def test_guidance_raises_mean_influence(setup):
   """Samples guided with w > 0 have a higher mean influence on the guidance set than unguided
   ones from the same key, and w < 0 a lower one (monotone in w)."""
   s = setup
-  config = SamplerConfig("ddim", STEPS, eta=1.0)
+  config = SamplerConfig("ddim", STEPS, eta=1.0, **PLAIN)
   _, guided = _samplers(s, config)
   score = jax.jit(lambda x, y: scores.influence(s["loss_fn"], s["cls"], s["G"], x, y, "dot"))
   means = []

@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+from tardiff_jax.config import from_mapping
 from tardiff_jax.influence import cache as cache_lib
 from tardiff_jax.influence import guidance as guidance_lib
 from tardiff_jax.influence import scores
@@ -308,19 +309,18 @@ def test_save_load_roundtrip(setup, tmp_path):
 
 
 def test_config_validation():
-  cfg = guidance_lib.GuidanceConfig.from_config({"method": "classifier", "scale": 3})
-  assert cfg.score_variant == "classifier" and cfg.scale == 3.0
-  np.testing.assert_array_equal(
-      guidance_lib.GuidanceConfig(class_scales=(1.0, 5.0)).scale_array(2), [1.0, 5.0])
-  for bad in ({"variant": "dott"}, {"method": "foo"}, {"evaluate_on": "x0"},
+  cfg = from_mapping(guidance_lib.GuidanceConfig, {"variant": "cosine", "scale": 3})
+  assert cfg.variant == "cosine" and cfg.scale == 3.0 and not cfg.selects_scale
+  assert guidance_lib.GuidanceConfig().selects_scale  # scale None: chosen on evaluation-val
+  assert not guidance_lib.GuidanceConfig(class_scales=(1.0, 5.0)).selects_scale
+  for bad in ({"variant": "dott"}, {"variant": "classifier"}, {"evaluate_on": "x0"},
               {"evaluate_on": "x_t", "through_denoiser": True}, {"clip": -1.0},
-              {"cache_batch_size": 0}, {"class_filter": "rare"}, {"unknown_field": 1}):
+              {"cache_batch_size": 0}, {"class_filter": "rare"}, {"unknown_field": 1},
+              {"scale": 1.0, "class_scales": (1.0, 2.0)}, {"scale_grid": ()}):
     with pytest.raises(ValueError):
-      guidance_lib.GuidanceConfig.from_config(bad)
+      from_mapping(guidance_lib.GuidanceConfig, bad)
   with pytest.raises(ValueError, match="variant"):
     guidance_lib.make_influence_guidance(lambda p, x, y: 0.0, "dott")
-  with pytest.raises(ValueError, match="class_scales"):
-    guidance_lib.GuidanceConfig(class_scales=(1.0,)).scale_array(2)
 
 
 def test_real_gru_classifier_influence():

@@ -10,6 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tardiff_jax.config import experiment_config, from_mapping, load_config
+from tardiff_jax.data import load_dataset, save_dataset
 from tardiff_jax.diffusion import (
     analytic_extra_var,
     ddim_sigma,
@@ -29,7 +31,6 @@ from tardiff_jax.sampling import (
     make_sampler,
     make_sampler_parts,
     sampling_plan,
-    write_synthetic,
 )
 
 SCHED = make_schedule("ldm_linear", 40, 5e-4, 0.1)
@@ -37,6 +38,14 @@ K, B, T, C = 2, 4, 5, 3
 PARAMS = {"w": jnp.float32(0.5), "b": jnp.asarray([[0.1, -0.2, 0.3], [-0.3, 0.2, 0.0],
                                                     [0.05, 0.05, 0.05]], jnp.float32)}
 Y = jnp.asarray([0, 1, 1, 0], jnp.int32)
+
+
+def plain(*args, **kw):
+  """A SamplerConfig with each step's own noise and no x0 calibration (the library default fits
+  both to a trained denoiser, see `fitting`)."""
+  kw.setdefault("variance", "ddim")
+  kw.setdefault("calibrate_x0", False)
+  return SamplerConfig(*args, **kw)
 
 
 def toy_apply(params, x, t, y):
@@ -48,7 +57,7 @@ def toy_apply(params, x, t, y):
 @functools.cache
 def jitted(sampler="ddim", num_steps=4, eta=1.0, cfg_scale=1.0, guidance=None, traj=False,
            apply=toy_apply):
-  cfg = SamplerConfig(sampler, num_steps, eta, cfg_scale, None)
+  cfg = plain(sampler, num_steps, eta, cfg_scale, None)
   return jax.jit(make_sampler(apply, SCHED, cfg, K, guidance, traj), static_argnames="shape")
 
 
@@ -58,17 +67,22 @@ def run(key=0, **kw):
 
 def test_sampler_config():
   c = ml_collections.ConfigDict(dict(sampler="ddpm", num_steps=7, eta=0.0, cfg_scale=2.0,
-                                     batch_size=3, counts="match", clip_x0=0.0))
-  assert SamplerConfig.from_config(c) == SamplerConfig("ddpm", 7, 0.0, 2.0, None)
+                                     batch_size=3, counts="match", clip_x0=0.0, variance="ddim"))
+  sc = from_mapping(SamplerConfig, c)
+  assert sc == plain("ddpm", 7, 0.0, 2.0, None, batch_size=3, calibrate_x0=True)
+  assert sc.clip is None and sc.clip_x0 == 0.0
   c.clip_x0 = 3.0
-  assert SamplerConfig.from_config(c).clip_x0 == 3.0
-  for bad in [dict(sampler="euler"), dict(num_steps=0), dict(eta=1.5), dict(clip_x0=-1.0)]:
+  assert from_mapping(SamplerConfig, c).clip == 3.0
+  for bad in [dict(sampler="euler"), dict(num_steps=0), dict(eta=1.5), dict(clip_x0=-1.0),
+              dict(batch_size=0)]:
     with pytest.raises(ValueError):
       SamplerConfig(**bad)
+  with pytest.raises(ValueError, match="sampling.batch_sise"):
+    from_mapping(SamplerConfig, {"batch_sise": 3}, "sampling.")
 
 
 def test_plan():
-  p = sampling_plan(SCHED, SamplerConfig("ddim", 4, 1.0))
+  p = sampling_plan(SCHED, plain("ddim", 4, 1.0))
   np.testing.assert_array_equal(p.index, np.arange(4))
   np.testing.assert_array_equal(p.t, [39, 29, 19, 9])
   np.testing.assert_array_equal(p.t_prev, [29, 19, 9, -1])
@@ -76,8 +90,8 @@ def test_plan():
   assert np.all(np.asarray(p.sigma[:-1]) > 0)
   np.testing.assert_allclose(p.sigma, ddim_sigma(SCHED, p.t, p.t_prev, 1.0), rtol=1e-5)
   np.testing.assert_allclose(p.alpha_bar, SCHED.alpha_bars[p.t], rtol=1e-6)
-  assert np.all(np.asarray(sampling_plan(SCHED, SamplerConfig("ddim", 4, 0.0)).sigma) == 0)
-  q = sampling_plan(SCHED, SamplerConfig("ddpm", 4, 1.0))
+  assert np.all(np.asarray(sampling_plan(SCHED, plain("ddim", 4, 0.0)).sigma) == 0)
+  q = sampling_plan(SCHED, plain("ddpm", 4, 1.0))
   np.testing.assert_array_equal(q.t, np.arange(39, -1, -1))
   np.testing.assert_allclose(q.sigma[:-1] ** 2, SCHED.posterior_variance[39:0:-1], rtol=1e-4)
 
@@ -123,7 +137,7 @@ def test_jaxpr_has_one_scan(sampler, steps, cfg):
 
 @pytest.mark.parametrize("sampler,cfg_scale", [("ddim", 1.0), ("ddpm", 3.0)])
 def test_scan_equals_python_loop(sampler, cfg_scale):
-  cfg = SamplerConfig(sampler, 4, 1.0, cfg_scale)
+  cfg = plain(sampler, 4, 1.0, cfg_scale)
   parts = make_sampler_parts(toy_apply, SCHED, cfg, K)
   key = jax.random.key(3)
   got = jitted(sampler=sampler, cfg_scale=cfg_scale)(PARAMS, None, key, Y, (B, T, C))
@@ -225,7 +239,7 @@ def test_exact_denoiser_recovers_gaussian_data(sampler, steps, eta):
     # E[eps | x_t] for x_t = sqrt(ab) x0 + sqrt(1-ab) eps, x0 ~ N(m, s^2).
     return jnp.sqrt(1 - ab) * (x - jnp.sqrt(ab) * m) / (ab * s**2 + 1 - ab)
 
-  fn = jax.jit(make_sampler(oracle, sched, SamplerConfig(sampler, steps, eta), K),
+  fn = jax.jit(make_sampler(oracle, sched, plain(sampler, steps, eta), K),
                static_argnames="shape")
   x = np.asarray(fn({}, None, jax.random.key(0), jnp.zeros((2000,), jnp.int32), (5, 2)))
   assert abs(x.mean() - m) < 0.02
@@ -255,7 +269,7 @@ def test_analytic_extra_var_closed_form():
   # Written in x_t and x0, the DDIM-family step's mean is a x_t + c x0; given x_t alone, x_s has
   # variance sigma^2 + c^2 Var(x0 | x_t), and Var(x0 | x_t) is closed form for Gaussian x0.
   s = 2.0
-  plan = sampling_plan(SCHED200, SamplerConfig("ddim", 5, 1.0))
+  plan = sampling_plan(SCHED200, plain("ddim", 5, 1.0))
   ab, abp, sig = (np.asarray(a, np.float64) for a in (plan.alpha_bar, plan.alpha_bar_prev,
                                                        plan.sigma))
   var_x0 = s**2 * (1 - ab) / (ab * s**2 + 1 - ab)
@@ -270,10 +284,10 @@ def test_analytic_variance_fixes_few_step_under_dispersion():
   narrow; with the exact gamma every step's conditional is exact, so the std is s."""
   m, s = 0.5, 2.0
   y = jnp.zeros((4000,), jnp.int32)
-  plan = sampling_plan(SCHED200, SamplerConfig("ddim", 5, 1.0))
+  plan = sampling_plan(SCHED200, plain("ddim", 5, 1.0))
   stds = {}
   for variance in ("ddim", "analytic"):
-    cfg = SamplerConfig("ddim", 5, 1.0, variance=variance)
+    cfg = plain("ddim", 5, 1.0, variance=variance)
     gamma = _gauss_gamma(plan, s) if variance == "analytic" else None
     fn = jax.jit(make_sampler(_gauss_oracle(m, [s]), SCHED200, cfg, K, gamma=gamma),
                  static_argnames="shape")
@@ -289,24 +303,24 @@ def test_analytic_variance_validation_and_identity():
     SamplerConfig(variance="large")
   with pytest.raises(ValueError, match="DDIM sampler only"):
     SamplerConfig("ddpm", variance="analytic")
-  cfg = SamplerConfig("ddim", 4, 1.0, variance="analytic")
+  cfg = plain("ddim", 4, 1.0, variance="analytic")
   with pytest.raises(ValueError, match="needs gamma"):
     make_sampler(toy_apply, SCHED, cfg, K)
   with pytest.raises(ValueError, match="gamma must have shape"):
     make_sampler(toy_apply, SCHED, cfg, K, gamma=np.ones((3, K, C)))
   # gamma = 1 (x0 determined by x_t) adds nothing: the plain sampler's samples.
-  plain = jax.jit(make_sampler(toy_apply, SCHED, SamplerConfig("ddim", 4, 1.0), K),
-                  static_argnames="shape")
+  ddim = jax.jit(make_sampler(toy_apply, SCHED, plain("ddim", 4, 1.0), K),
+                 static_argnames="shape")
   ana = jax.jit(make_sampler(toy_apply, SCHED, cfg, K, gamma=np.ones((4, K, C))),
                 static_argnames="shape")
   key = jax.random.key(2)
-  np.testing.assert_allclose(ana(PARAMS, None, key, Y, (T, C)), plain(PARAMS, None, key, Y, (T, C)),
+  np.testing.assert_allclose(ana(PARAMS, None, key, Y, (T, C)), ddim(PARAMS, None, key, Y, (T, C)),
                              rtol=1e-6, atol=1e-6)
 
 
 def test_estimate_gamma_matches_closed_form_per_class():
   m, s = 0.5, np.array([0.5, 2.0])  # class 0 narrow, class 1 wide; i.i.d. entries: flat spectrum
-  cfg = SamplerConfig("ddim", 5, 1.0)
+  cfg = plain("ddim", 5, 1.0)
   plan = sampling_plan(SCHED200, cfg)
   rng = np.random.default_rng(0)
   y = (np.arange(6000) % 2).astype(np.int32)
@@ -348,7 +362,7 @@ def test_calibration_recovers_the_posterior_mean():
   recalibration gives back E[x0 | x_t] (closed form) at every step, and the calibrated
   predictor's gamma is the exact denoiser's (closed form)."""
   m, s = 0.5, np.array([0.5, 2.0])
-  cfg = SamplerConfig("ddim", 5, 1.0)
+  cfg = plain("ddim", 5, 1.0)
   plan = sampling_plan(SCHED200, cfg)
   bad, good = _shrunk_oracle(m, s, 0.7, 0.3), _gauss_oracle(m, s)
   x0, y = _gauss_data(m, s, 6000, (4, 2), 5)
@@ -389,7 +403,7 @@ def test_calibrated_sampler_restores_the_spread():
   x0, y = _gauss_data(m, [s], 4000, (3, 2), 8)
   out = {}
   for calibrate in (False, True):
-    cfg = SamplerConfig("ddim", 5, 1.0, variance="analytic", calibrate_x0=calibrate)
+    cfg = plain("ddim", 5, 1.0, variance="analytic", calibrate_x0=calibrate)
     cal = (estimate_calibration(bad, {}, SCHED200, cfg, x0, y, jax.random.key(9), K,
                                 batch_size=500) if calibrate else None)
     gamma = estimate_gamma(bad, {}, SCHED200, cfg, x0, y, jax.random.key(9), K,
@@ -405,7 +419,7 @@ def test_calibrated_sampler_restores_the_spread():
 def test_calibration_edge_cells():
   """A class without series gets the identity; where x0_hat does not depend on x_t at all only
   its offset is fitted (slope 1), which moves it onto the class mean of x0."""
-  cfg = SamplerConfig("ddim", 3, 1.0)
+  cfg = plain("ddim", 3, 1.0)
 
   def constant(params, x, t, y):  # x0_hat = 0.3 everywhere, whatever x_t is
     ab = SCHED200.alpha_bars[t][:, None, None]
@@ -427,13 +441,13 @@ def test_calibration_edge_cells():
 def test_calibration_validation_identity_and_guidance_view():
   with pytest.raises(ValueError, match="calibrate_x0 must be a bool"):
     SamplerConfig(calibrate_x0="yes")
-  assert SamplerConfig.from_config({"calibrate_x0": True}).calibrate_x0 is True
-  cfg = SamplerConfig("ddim", 4, 1.0, calibrate_x0=True)
+  assert from_mapping(SamplerConfig, {"calibrate_x0": True}).calibrate_x0 is True
+  cfg = plain("ddim", 4, 1.0, calibrate_x0=True)
   ones, zeros = np.ones((4, K, C, T), np.float32), np.zeros((4, K, C, T), np.float32)
   with pytest.raises(ValueError, match="needs calibration"):
     make_sampler(toy_apply, SCHED, cfg, K)
   with pytest.raises(ValueError, match="needs calibration"):
-    make_sampler(toy_apply, SCHED, SamplerConfig("ddim", 4, 1.0), K, calibration=(ones, zeros))
+    make_sampler(toy_apply, SCHED, plain("ddim", 4, 1.0), K, calibration=(ones, zeros))
   with pytest.raises(ValueError, match="calibration must be"):
     make_sampler(toy_apply, SCHED, cfg, K, calibration=(ones[:3], zeros[:3]))
   with pytest.raises(ValueError, match="finite"):
@@ -441,10 +455,10 @@ def test_calibration_validation_identity_and_guidance_view():
   key = jax.random.key(2)
   jit = lambda f: jax.jit(f, static_argnames="shape")
   # The identity calibration changes nothing.
-  plain = jit(make_sampler(toy_apply, SCHED, SamplerConfig("ddim", 4, 1.0), K))
+  ddim = jit(make_sampler(toy_apply, SCHED, plain("ddim", 4, 1.0), K))
   ident = jit(make_sampler(toy_apply, SCHED, cfg, K, calibration=(ones, zeros)))
   np.testing.assert_allclose(ident(PARAMS, None, key, Y, (T, C)),
-                             plain(PARAMS, None, key, Y, (T, C)), rtol=1e-5, atol=1e-5)
+                             ddim(PARAMS, None, key, Y, (T, C)), rtol=1e-5, atol=1e-5)
   # A real calibration changes the samples, and guidance sees the same calibrated x0_hat
   # through StepInfo.x0_fn as in its x0_hat argument (a shift of 100 x their gap changes nothing).
   rng = np.random.default_rng(0)
@@ -454,7 +468,7 @@ def test_calibration_validation_identity_and_guidance_view():
   gap = lambda g, x_t, x0_hat, y, info: 100.0 * (info.x0_fn(x_t) - x0_hat)
   guided = jit(make_sampler(toy_apply, SCHED, cfg, K, guidance_fn=gap, calibration=cal))
   a = np.asarray(calibrated(PARAMS, None, key, Y, (T, C)))
-  assert np.abs(a - np.asarray(plain(PARAMS, None, key, Y, (T, C)))).max() > 1e-2
+  assert np.abs(a - np.asarray(ddim(PARAMS, None, key, Y, (T, C)))).max() > 1e-2
   np.testing.assert_allclose(guided(PARAMS, None, key, Y, (T, C)), a, rtol=1e-4, atol=1e-4)
 
 
@@ -477,14 +491,14 @@ def test_spectral_analytic_variance_restores_levels_and_wiggles():
     lam = ab * v[None, :, None] + 1 - ab  # [B, F, 1]
     return jnp.einsum("ft,bfc->btc", d, jnp.sqrt(1 - ab) * jnp.einsum("ft,btc->bfc", d, x) / lam)
 
-  cfg = SamplerConfig("ddim", 5, 1.0, variance="analytic")
+  cfg = plain("ddim", 5, 1.0, variance="analytic")
   plan = sampling_plan(SCHED200, cfg)
   ab = np.asarray(plan.alpha_bar, np.float64)[:, None]
   gamma_f = (1 - ab) / (ab * np.asarray(v)[None, :] + 1 - ab)  # [S, F], closed form
   y = jnp.zeros((3000,), jnp.int32)
 
   def split(gamma, variance):
-    c = SamplerConfig("ddim", 5, 1.0, variance=variance)
+    c = plain("ddim", 5, 1.0, variance=variance)
     fn = jax.jit(make_sampler(oracle, SCHED200, c, K, gamma=gamma), static_argnames="shape")
     x = np.asarray(fn({}, None, jax.random.key(4), y, (t_len, 1)))[..., 0]
     level = x.mean(axis=1)
@@ -519,7 +533,7 @@ def test_generate_pads_once_and_writes(tmp_path):
 
   def counting(params, gparams, key, y, shape):
     traces.append(shape)
-    return make_sampler(toy_apply, SCHED, SamplerConfig("ddim", 4), K)(params, gparams, key, y,
+    return make_sampler(toy_apply, SCHED, plain("ddim", 4), K)(params, gparams, key, y,
                                                                       shape)
 
   fn = jax.jit(counting, static_argnames="shape")
@@ -533,27 +547,19 @@ def test_generate_pads_once_and_writes(tmp_path):
   last = fn(PARAMS, None, jax.random.fold_in(key, 2), jnp.asarray([1, 0, 0], jnp.int32), (3, T, C))
   np.testing.assert_array_equal(x[6], last[0])
   path = tmp_path / "synthetic" / "unguided.npz"
-  write_synthetic(str(path), x, y, lambda v: v * 2.0 + 1.0)
+  save_dataset(str(path), x * 2.0 + 1.0, y, channel_names=("a", "b", "c"),
+               class_names=("no", "yes"), method=np.asarray("unguided"))
+  back = load_dataset(str(path))
+  np.testing.assert_allclose(back.x, x * 2 + 1, rtol=1e-6)
+  np.testing.assert_array_equal(back.y, y)
+  assert back.channel_names == ("a", "b", "c") and back.class_names == ("no", "yes")
   with np.load(path, allow_pickle=False) as f:
-    np.testing.assert_allclose(f["x"], x * 2 + 1, rtol=1e-6)
-    np.testing.assert_array_equal(f["y"], y)
-    assert f["y"].dtype == np.int32
+    assert f["y"].dtype == np.int32 and str(f["method"]) == "unguided"
 
 
 def test_configs_convert():
-  import importlib.util
-  import os
-
-  from tardiff_jax.diffusion import DiffusionConfig
-  for name in ("default.py", "tiny.py"):
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", name)
-    spec = importlib.util.spec_from_file_location("_cfg_" + name[:-3], path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
-    sc = SamplerConfig.from_config(c.sampling)
-    assert sc.sampler == c.sampling.sampler and sc.num_steps == c.sampling.num_steps
-    assert sc.clip_x0 is None
-    d = DiffusionConfig.from_config(c.diffusion)
-    assert d.num_timesteps == c.diffusion.num_timesteps and d.loss == c.diffusion.loss
+  for name in ("default", "tiny", "default:paper"):
+    cfg = experiment_config(load_config(name))
+    sc, d = cfg.sampling, cfg.diffusion
+    assert sc.clip is None and sc.variance == "analytic" and sc.calibrate_x0
     assert sampling_plan(d.make_schedule(), sc).t.shape == (sc.num_steps,)

@@ -8,6 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tardiff_jax.config import from_mapping
 from tardiff_jax.diffusion import DiffusionConfig, ddim_timesteps, make_schedule
 
 
@@ -106,11 +107,12 @@ def test_ddim_timesteps():
     ddim_timesteps(10, 0)
 
 
-def test_diffusion_config_from_config():
+def test_diffusion_config_from_mapping():
   c = ml_collections.ConfigDict(dict(schedule="linear", num_timesteps=50, beta_start=1e-4,
                                      beta_end=0.02, loss="l2"))
-  d = DiffusionConfig.from_config(c)
+  d = from_mapping(DiffusionConfig, c)
   assert d == DiffusionConfig("linear", 50, 1e-4, 0.02, "l2")
+  assert d.prediction == "v"  # The default target.
   assert d.make_schedule().num_timesteps == 50
   with pytest.raises(ValueError):
     DiffusionConfig(loss="huber")

@@ -46,11 +46,13 @@ SCRIPT = textwrap.dedent("""
   mesh = make_mesh()
   ys = shard_batch(mesh, y)
   # Unguided DDIM with a linear per-example model: expected bit-identical.
-  plain = make_sampler(linear, sched, SamplerConfig("ddim", 5, 1.0, 1.0), 2)
+  plain = make_sampler(linear, sched, SamplerConfig("ddim", 5, 1.0, 1.0, variance="ddim",
+                                                      calibrate_x0=False), 2)
   p1 = jax.jit(plain, static_argnames="shape")(params, None, key, y, (16, 6, 3))
   p8 = shard_sampler(plain, mesh)(replicate(mesh, params), None, key, ys, (16, 6, 3))
   # Classifier-free + guidance through the denoiser, tanh/sin: equal to float tolerance.
-  sample = make_sampler(apply, sched, SamplerConfig("ddim", 5, 1.0, 2.0), 2, guide)
+  sample = make_sampler(apply, sched, SamplerConfig("ddim", 5, 1.0, 2.0, variance="ddim",
+                                                      calibrate_x0=False), 2, guide)
   single_fn = jax.jit(sample, static_argnames="shape")
   single = single_fn(params, jnp.float32(0.1), key, y, (16, 6, 3))
   sharded_fn = shard_sampler(sample, mesh)

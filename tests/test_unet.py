@@ -116,18 +116,14 @@ def test_bad_hyper_parameters(kwargs):
     UNetConfig(**kwargs)
 
 
-def test_from_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(__file__), "..", "configs", "default.py")
-  spec = importlib.util.spec_from_file_location("_default_cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("paper")
-  cfg = UNetConfig.from_config(c.unet, 2)
-  assert cfg.channel_mult == (1, 2, 4, 4) and cfg.num_heads == 8 and cfg.num_classes == 2
-  assert cfg.norm_groups == 32  # The reference's GroupNorm32 (2 channels per group at 64).
-  assert UNetConfig.from_config(mod.get_config().unet, 2).norm_groups == 8
+def test_config_sections():
+  from tardiff_jax.config import experiment_config, load_config  # noqa: PLC0415
+  paper = experiment_config(load_config("default:paper")).unet
+  assert paper.channel_mult == (1, 2, 4, 4) and paper.num_heads == 8
+  assert paper.norm_groups == 32  # The reference's GroupNorm32 (2 channels per group at 64).
+  assert experiment_config(load_config("default")).unet == UNetConfig()  # Defaults: one place.
+  with pytest.raises(ValueError, match="unknown config field unet.num_classes"):
+    experiment_config({"unet": {"num_classes": 3}})  # Derived from the data, not settable.
 
 
 def test_norm_groups_keep_a_stays_level():

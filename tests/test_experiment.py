@@ -1,0 +1,346 @@
+"""End to end: the tiny config through every stage into a temp workdir (CI-sized), and what a
+workdir promises: reruns skip and reproduce, incompatible checkpoints stop the run, one run at a
+time, damaged artifacts are named, a kill during evaluation loses nothing."""
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+
+import numpy as np
+import pytest
+
+from tardiff_jax import io as tio
+from tardiff_jax.config import experiment_config, load_config
+from tardiff_jax.data import load_dataset
+from tardiff_jax.experiment import (
+    CorruptArtifactError,
+    Experiment,
+    IncompatibleWorkdirError,
+    WorkdirLockedError,
+    load_run,
+    run_mode,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WALL_TIME = {"timing", "seconds", "train_time_s", "time_s", "notes"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("tiny_run"))
+  cfg = load_config("tiny")
+  rep = run_mode("pipeline", cfg, wd, quiet=True)
+  return wd, cfg, rep
+
+
+def _differences(ref, new, path="", out=None):
+  """Paths where `new` differs from `ref` (every key of ref; wall times aside)."""
+  out = [] if out is None else out
+  if isinstance(ref, dict):
+    for k, v in ref.items():
+      if k in WALL_TIME:
+        continue
+      if not isinstance(new, dict) or k not in new:
+        out.append(f"{path}.{k} missing")
+      else:
+        _differences(v, new[k], f"{path}.{k}", out)
+  elif isinstance(ref, list):
+    if not isinstance(new, list) or len(ref) != len(new):
+      out.append(f"{path}: {ref!r} vs {new!r}")
+    else:
+      for i, (a, b) in enumerate(zip(ref, new)):
+        _differences(a, b, f"{path}[{i}]", out)
+  elif ref != new and not (isinstance(ref, float) and math.isnan(ref) and math.isnan(new)):
+    out.append(f"{path}: {ref!r} vs {new!r}")
+  return out
+
+
+def _strip(rep):
+  return {k: v for k, v in rep.items() if k != "timing"}
+
+
+def test_pipeline_writes_report_plots_and_synthetic(tiny_run):
+  wd, cfg, rep = tiny_run
+  with open(os.path.join(wd, "report.json")) as f:
+    on_disk = json.load(f)
+  for key in ("dataset", "methods", "tstr", "tsrtr", "fidelity", "privacy", "grad_norms",
+              "timing", "fidelity_channels"):
+    assert key in on_disk
+  methods = list(cfg.evaluation.methods)
+  assert on_disk["methods"] == ["real", *methods]
+  for m in methods:
+    assert set(on_disk["tsrtr"][m]) == {f"{a:.1f}" for a in cfg.evaluation.alphas}
+    assert len(on_disk["tstr"][m]["seeds"]) == cfg.evaluation.num_seeds
+  for k in ("train_diffusion_s", "train_classifier_s", "cache_guidance_s", "generate_s",
+            "samples_per_s"):
+    assert on_disk["timing"][k] > 0
+  md = open(os.path.join(wd, "report.md")).read()
+  assert "Per-class, per-channel statistics" in md and "| HR |" in md
+  for m in methods:
+    assert m in md
+  plots = os.listdir(os.path.join(wd, "plots"))
+  assert {"pca.png", "tsrtr.png", "grad_norms.png", "scale_sweep.png", "roc_pr.png"} <= set(plots)
+  for p in plots:
+    assert os.path.getsize(os.path.join(wd, "plots", p)) > 1000
+  # Synthetic sets: original units (the simulator's heart rate is tens of bpm), class counts of
+  # the training split, channel and class names; readable with the data loader.
+  chan = on_disk["fidelity_channels"]
+  assert chan["channels"][0] == "HR" and set(chan["classes"]) == {"survived", "died"}
+  train_counts = None
+  for m in methods:
+    ds = load_dataset(os.path.join(wd, "synthetic", f"{m}.npz"))
+    counts = ds.class_counts()
+    train_counts = counts if train_counts is None else train_counts
+    np.testing.assert_array_equal(counts, train_counts)
+    assert 20 < float(np.median(ds.x[..., 0])) < 200, m
+    assert ds.channel_names[0] == "HR" and ds.class_names == ("survived", "died")
+  sweep = on_disk["extras"]["scale_sweep"]
+  assert [r["scale"] for r in sweep["rows"]] == list(cfg.guidance.scale_grid)
+  assert sweep["selected_scale"] == on_disk["extras"]["scales"]["tardiff"]
+  # Every artifact is in the manifest with its checksum.
+  manifest = tio.read_json(os.path.join(wd, "manifest.json"))["artifacts"]
+  kinds = {e["kind"] for e in manifest.values()}
+  assert {"sampler_fit", "guidance_cache", "selection", "synthetic", "protocol",
+          "fidelity"} <= kinds
+  for rel, e in manifest.items():
+    assert tio.file_sha256(os.path.join(wd, rel)) == e["sha256"], rel
+
+
+def test_report_matches_the_reference_written_before_the_restructure(tiny_run):
+  """Every number of report.json equals the one the pre-restructure pipeline wrote for the same
+  config (tests/data/tiny_report_reference.json): the restructure changed no result. Trained
+  models are reproducible bit for bit only on one software stack and CPU family, so another
+  stack skips with the reason."""
+  ref = tio.read_json(os.path.join(ROOT, "tests", "data", "tiny_report_reference.json"))
+  env = ref["environment"]
+  here = {p: version(p) for p in env["packages"]}
+  flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+  if here != env["packages"] or platform.machine() != env["machine"] or (
+      ("avx512f" in flags) != env["avx512f"]):
+    pytest.skip(f"reference numbers were written with {env}; this machine has {here}")
+  wd, _, rep = tiny_run
+  diffs = _differences(ref["report"], json.load(open(os.path.join(wd, "report.json"))))
+  assert not diffs, diffs[:10]
+
+
+def test_rerun_skips_completed_stages_and_reproduces_report(tiny_run):
+  wd, cfg, rep = tiny_run
+  manifest = os.path.join(wd, "manifest.json")
+  before = tio.read_json(manifest)["artifacts"]
+  mtimes = {p: os.path.getmtime(os.path.join(wd, p)) for p in before}
+  rep2 = run_mode("pipeline", cfg, wd, quiet=True)
+  after = tio.read_json(manifest)["artifacts"]
+  assert after == before  # Nothing recomputed, nothing new.
+  assert {p: os.path.getmtime(os.path.join(wd, p)) for p in after} == mtimes
+  assert json.dumps(_strip(rep), sort_keys=True) == json.dumps(_strip(rep2), sort_keys=True)
+
+
+def test_sampler_fit_is_reused_and_follows_settings(tiny_run, tmp_path):
+  wd, cfg, _ = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  fits = lambda: {p: e for p, e in tio.read_json(os.path.join(copy, "manifest.json"))
+                  ["artifacts"].items() if e["kind"] == "sampler_fit"}
+  before = fits()
+  assert len(before) == 1
+  typed = experiment_config(cfg)
+  with Experiment(typed, copy, quiet=True) as exp:
+    fit = exp.sampler_fit  # The run's own settings: read back.
+    assert fits() == before and fit.gamma is not None and fit.calibration is not None
+    s = len(fit.gamma)
+    assert fit.gamma.shape[:2] == (s, 2) and fit.calibration.slope.shape == fit.gamma.shape
+  # Another cfg scale is another predictor: a new fit next to the old one.
+  other = dataclasses.replace(typed, sampling=dataclasses.replace(typed.sampling, cfg_scale=2.0))
+  with Experiment(other, copy, quiet=True) as exp:
+    fit2 = exp.sampler_fit
+  assert len(fits()) == 2 and not np.array_equal(fit2.calibration.slope, fit.calibration.slope)
+  # Without calibration and analytic variance there is nothing to fit.
+  plain = dataclasses.replace(typed, sampling=dataclasses.replace(
+      typed.sampling, variance="ddim", calibrate_x0=False))
+  with Experiment(plain, copy, quiet=True) as exp:
+    assert exp.sampler_fit == (None, None)
+  assert len(fits()) == 2
+
+
+def test_incompatible_workdir_stops_naming_the_setting_or_retrains(tiny_run, tmp_path):
+  wd, cfg, _ = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  wider = load_config("tiny")
+  wider.unet.base_channels = 16
+  with Experiment(wider, copy, quiet=True) as exp, pytest.raises(
+      IncompatibleWorkdirError, match=r"unet.base_channels \(checkpoint 8, config 16\)"):
+    exp.denoiser
+  other_data = load_config("tiny")
+  other_data.data.simulator.missing_rate = 0.2
+  with Experiment(other_data, copy, quiet=True) as exp, pytest.raises(
+      IncompatibleWorkdirError, match=r"data.simulator.missing_rate .*--retrain"):
+    exp.denoiser
+  other_guide = load_config("tiny")
+  other_guide.classifier.gru.hidden = 6
+  with Experiment(other_guide, copy, quiet=True) as exp, pytest.raises(
+      IncompatibleWorkdirError, match="classifier_config.gru_hidden"):
+    exp.guide
+  # With retrain the stale guide is discarded and a guide of the new width trained.
+  guide = run_mode("train_classifier", other_guide, copy, quiet=True, retrain=True)
+  assert guide.params["gru_0"]["w_hh"].shape[-2] == 6
+  with Experiment(other_guide, copy, quiet=True) as exp:
+    assert exp.guide.identity == guide.identity  # Reloaded, not retrained.
+
+
+def test_one_run_per_workdir(tiny_run):
+  wd, cfg, _ = tiny_run
+  with Experiment(cfg, wd, quiet=True):
+    with pytest.raises(WorkdirLockedError, match=f"{re.escape(wd)} is in use .*pid {os.getpid()}"):
+      Experiment(cfg, wd, quiet=True)
+  Experiment(cfg, wd, quiet=True).close()  # Released on close.
+
+
+def test_damaged_artifact_is_named_and_recomputed_once_deleted(tiny_run, tmp_path):
+  wd, cfg, rep = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  manifest = tio.read_json(os.path.join(copy, "manifest.json"))["artifacts"]
+  victim = next(p for p, e in manifest.items() if e["name"] == "trtr")
+  path = os.path.join(copy, victim)
+  with open(path, "r+") as f:
+    f.seek(10)
+    f.write("7")
+  with pytest.raises(CorruptArtifactError, match=re.escape(path)):
+    run_mode("evaluate", cfg, copy, quiet=True)
+  os.remove(path)
+  rep2 = run_mode("evaluate", cfg, copy, quiet=True)
+  assert not _differences(_strip(rep), rep2)
+
+
+def test_kill_during_evaluation_then_rerun_gives_the_same_report(tiny_run, tmp_path):
+  """`kill -9` while the evaluation stage trains its protocol models, then a rerun: the report
+  equals the uninterrupted run's."""
+  wd, cfg, rep = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  mpath = os.path.join(copy, "manifest.json")
+  manifest = tio.read_json(mpath)
+  for rel in [p for p, e in manifest["artifacts"].items() if e["kind"] in ("protocol",
+                                                                           "fidelity")]:
+    os.remove(os.path.join(copy, rel))
+    del manifest["artifacts"][rel]
+  tio.write_json(mpath, manifest)
+  for name in ("report.json", "report.md"):
+    os.remove(os.path.join(copy, name))
+  cmd = [sys.executable, "-m", "tardiff_jax.main", f"--config={ROOT}/configs/tiny.py",
+         f"--workdir={copy}", "--mode=evaluate"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu", TARDIFF_QUIET="1"))
+  deadline = time.time() + 240
+  done = lambda: sum(e["kind"] == "protocol"
+                     for e in tio.read_json(mpath)["artifacts"].values())
+  while done() == 0 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert 0 < done() < sum(e["kind"] == "protocol"
+                          for e in tio.read_json(os.path.join(wd, "manifest.json"))
+                          ["artifacts"].values())
+  assert not os.path.exists(os.path.join(copy, "report.json"))
+  rep2 = run_mode("evaluate", cfg, copy, quiet=True)
+  assert not _differences(_strip(rep), rep2)
+
+
+def test_load_run_and_the_readme_snippet(tiny_run):
+  """The README's Python API block runs as written against a finished workdir."""
+  wd, cfg, _ = tiny_run
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  block = re.search(r"## Python API.*?```python\n(.*?)```", readme, re.S).group(1)
+  assert "runs/simulator" in block
+  ns = {}
+  exec(compile(block.replace("runs/simulator", wd), "README.md", "exec"), ns)  # noqa: S102
+  run = load_run(wd)
+  assert run.readonly and run.denoiser.step == cfg.train_diffusion.num_steps
+  assert ns["x"].shape[1:] == (24, 7) and np.isfinite(ns["x"]).all()
+  with pytest.raises(FileNotFoundError, match="not a tardiff workdir"):
+    load_run(os.path.join(wd, "plots"))
+
+
+def test_cli_help_modes_and_errors(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  run = lambda *a: subprocess.run(["tardiff", *a], capture_output=True, text=True, env=env,
+                                  cwd=ROOT, timeout=300)
+  out = run("--help")  # absl prints the main program's flags (and exits 1, its convention).
+  for flag in ("--config", "--workdir", "--mode", "--retrain", "--methods", "--print_config"):
+    assert flag in out.stdout + out.stderr, flag
+  out = run(f"--config={ROOT}/configs/tiny.py", "--print_config")
+  assert out.returncode == 0 and "guidance.scale = None  # tardiff's w" in out.stdout
+  assert len(out.stdout.splitlines()) > 60
+  data = [f"--config={ROOT}/configs/tiny.py", f"--workdir={tmp_path}", "--mode=data",
+          "--config.data.simulator.num_stays=300"]
+  out = run(*data)
+  assert out.returncode == 0, out.stderr[-2000:]
+  summary = json.load(open(tmp_path / "data" / "summary.json"))
+  assert summary["n_train"] + summary["n_val"] + summary["n_test"] == 300
+  assert json.load(open(tmp_path / "config.json"))["data"]["simulator"]["num_stays"] == 300
+  bad = run(*data[:2], "--mode=nonsense")
+  assert bad.returncode != 0 and "nonsense" in bad.stderr
+  bad = run(*data[:3], "--config.data.simulator.num_stais=3")
+  assert bad.returncode != 0 and "num_stais" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_quickstart_notebook_executes(tiny_run):
+  """CI executes notebooks/quickstart.ipynb (in the tiny run's workdir, so stages are reused)."""
+  import nbclient
+  import nbformat
+
+  wd, _, _ = tiny_run
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "quickstart.ipynb"), as_version=4)
+  os.environ["TARDIFF_WORKDIR"] = wd
+  try:
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}
+                            ).execute()
+  finally:
+    os.environ.pop("TARDIFF_WORKDIR", None)
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
+
+
+def test_univariate_odd_length_three_class_file_runs_end_to_end(tmp_path):
+  """Every input the data contract accepts runs the whole pipeline: here one channel, an odd
+  number of steps, three classes and missing values, from a user's file (split 80/10/10)."""
+  rng = np.random.default_rng(0)
+  n, t = 240, 15
+  y = rng.choice(3, size=n, p=[0.55, 0.3, 0.15])
+  level = np.array([0.0, 1.0, -1.5])[y]
+  x = 60.0 + 5.0 * (level[:, None] + np.cumsum(rng.normal(0, 0.3, (n, t)), axis=1))
+  x[rng.random(x.shape) < 0.1] = np.nan
+  path = tmp_path / "univariate.npz"
+  np.savez(path, x=x[..., None].astype(np.float32), y=y)
+  cfg = load_config("tiny")
+  cfg.data.source, cfg.data.path = "file", str(path)
+  cfg.train_diffusion.num_steps = 10
+  cfg.sampling.num_steps = 3
+  cfg.evaluation.num_seeds = 1
+  cfg.evaluation.alphas = (1.0,)
+  cfg.evaluation.fidelity_steps = 10
+  wd = str(tmp_path / "run")
+  rep = run_mode("pipeline", cfg, wd, quiet=True)
+  ds = rep["dataset"]
+  assert (ds["T"], ds["C"]) == (15, 1) and (ds["n_train"], ds["n_val"], ds["n_test"]) == (
+      192, 24, 24)
+  assert rep["extras"]["target_class"] == 2  # The rarest class; metrics are one-vs-rest.
+  for m in rep["methods"][1:]:
+    syn = load_dataset(os.path.join(wd, "synthetic", f"{m}.npz"))
+    assert syn.x.shape[1:] == (15, 1) and syn.num_classes == 3
+    assert np.isfinite(rep["fidelity"][m]["predictive"])  # The channel predicts itself.
+  for m in rep["methods"]:
+    assert 0.0 <= rep["tstr"][m]["auroc"] <= 1.0
