@@ -62,7 +62,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-  """Writes an uncompressed `.npz` atomically (no object arrays: loadable with allow_pickle=False)."""
+  """Writes an uncompressed `.npz` atomically (no object arrays: loadable with
+  allow_pickle=False)."""
   buf = io.BytesIO()
   np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
   write_bytes(path, buf.getvalue())

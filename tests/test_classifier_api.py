@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 from tardiff_jax.config import experiment_config, load_config
-from tardiff_jax.models.classifier import ClassifierConfig, ClassifiersConfig, TimesNetConfig
-from tardiff_jax.models.classifier import make_classifier
+from tardiff_jax.models.classifier import (
+  ClassifierConfig,
+  ClassifiersConfig,
+  TimesNetConfig,
+  make_classifier,
+)
 from tests.test_timesnet import random_params
 
 

@@ -13,19 +13,19 @@ import pytest
 from tardiff_jax import io as tio
 from tardiff_jax.config import experiment_config, from_mapping, load_config
 from tardiff_jax.data import (
-    DataConfig,
-    DataError,
-    Dataset,
-    Splits,
-    interpolate_missing,
-    load_dataset,
-    make_normalizer,
-    normalizer_from_dict,
-    SimulatorConfig,
-    prepare_data,
-    split_guidance,
-    stratified_split,
-    stratified_split_indices,
+  DataConfig,
+  DataError,
+  Dataset,
+  SimulatorConfig,
+  Splits,
+  interpolate_missing,
+  load_dataset,
+  make_normalizer,
+  normalizer_from_dict,
+  prepare_data,
+  split_guidance,
+  stratified_split,
+  stratified_split_indices,
 )
 
 N, T, C = 200, 6, 3

@@ -169,8 +169,15 @@ def test_loss_label_dropout_and_rngs():
 def test_v_prediction_round_trip_and_perfect_model_loss():
   """v = sqrt(ab) eps - sqrt(1-ab) x0; eps_from_v(x_t, v) recovers eps, and a network that
   outputs the exact v has zero v-loss and, wrapped by as_eps_model, predicts eps exactly."""
-  from tardiff_jax.diffusion import as_eps_model, eps_from_v, eps_loss, make_schedule, q_sample
-  from tardiff_jax.diffusion import v_target, x0_from_eps
+  from tardiff_jax.diffusion import (
+    as_eps_model,
+    eps_from_v,
+    eps_loss,
+    make_schedule,
+    q_sample,
+    v_target,
+    x0_from_eps,
+  )
 
   sched = make_schedule("ldm_linear", 200, 5e-4, 0.1)
   key = jax.random.PRNGKey(0)

@@ -13,12 +13,15 @@ import numpy as np
 import pytest
 
 from tardiff_jax import io as tio
-from tardiff_jax.diffusion import DiffusionConfig
 from tardiff_jax.data import simulate_icu
+from tardiff_jax.diffusion import DiffusionConfig
 from tardiff_jax.models import UNetConfig
 from tardiff_jax.training.checkpoints import CHECKSUMS, CorruptCheckpointError
-from tardiff_jax.training.diffusion_trainer import (DiffusionTrainConfig, load_diffusion,
-                                                    train_diffusion)
+from tardiff_jax.training.diffusion_trainer import (
+  DiffusionTrainConfig,
+  load_diffusion,
+  train_diffusion,
+)
 
 UNET = UNetConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                   attention_resolutions=(2,), num_heads=2, dropout=0.1, num_classes=2,

@@ -179,17 +179,17 @@ def test_incompatible_workdir_stops_naming_the_setting_or_retrains(tiny_run, tmp
   wider.unet.base_channels = 16
   with Experiment(wider, copy, quiet=True) as exp, pytest.raises(
       IncompatibleWorkdirError, match=r"unet.base_channels \(checkpoint 8, config 16\)"):
-    exp.denoiser
+    _ = exp.denoiser
   other_data = load_config("tiny")
   other_data.data.simulator.missing_rate = 0.2
   with Experiment(other_data, copy, quiet=True) as exp, pytest.raises(
       IncompatibleWorkdirError, match=r"data.simulator.missing_rate .*--retrain"):
-    exp.denoiser
+    _ = exp.denoiser
   other_guide = load_config("tiny")
   other_guide.classifier.gru.hidden = 6
   with Experiment(other_guide, copy, quiet=True) as exp, pytest.raises(
       IncompatibleWorkdirError, match="classifier_config.gru_hidden"):
-    exp.guide
+    _ = exp.guide
   # With retrain the stale guide is discarded and a guide of the new width trained.
   guide = run_mode("train_classifier", other_guide, copy, quiet=True, retrain=True)
   assert guide.params["gru_0"]["w_hh"].shape[-2] == 6

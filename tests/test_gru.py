@@ -8,10 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tardiff_jax.models.classifier import ClassifierConfig
-from tardiff_jax.models.classifier import make_classifier
-from tests.test_timesnet import check_derivatives
-from tests.test_timesnet import random_params
+from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
+from tests.test_timesnet import check_derivatives, random_params
 
 
 def _sig(a):

@@ -1,4 +1,5 @@
-"""Influence guidance inside the one-scan sampler, with an exact toy denoiser and a tiny classifier."""
+"""Influence guidance inside the one-scan sampler, with an exact toy denoiser and a tiny
+classifier."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests for tardiff_jax.influence: cache, influence scores, their gradients and the guidance hook."""
+"""Tests for tardiff_jax.influence: cache, influence scores, their gradients and the guidance
+hook."""
 
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def setup():
               x=jnp.asarray(x), y=jnp.asarray(y))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _per_sample_grads_fn(loss_fn):
   return jax.jit(jax.vmap(jax.grad(loss_fn), in_axes=(None, 0, 0)))
 
@@ -80,13 +81,13 @@ def _per_sample_grads(loss_fn, params, x, y):
 
 
 # Cached jitted helpers: one compile per (loss_fn, variant, shape) across the module.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scores(loss_fn, variant):
   """jitted (params, G, x, y) -> influence[B]."""
   return jax.jit(lambda p, G, x, y: scores.influence(loss_fn, p, G, x, y, variant))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _input_grad(loss_fn, variant):
   """jitted (params, G, x, y) -> grad_x influence [B, T, C]."""
   return jax.jit(lambda p, G, x, y: scores.influence_input_grad(loss_fn, p, G, x, y, variant))
@@ -277,7 +278,7 @@ def test_cache_batching_equals_unbatched_mean_and_filters(setup):
   for filt, rows in (("all", np.arange(40)), ("minority", np.nonzero(yg == 1)[0]),
                      ("majority", np.nonzero(yg == 0)[0])):
     np.testing.assert_array_equal(cache_lib.select_rows(yg, filt), rows)
-    want = jax.tree_util.tree_map(lambda a: jnp.mean(a[rows], axis=0), g)
+    want = jax.tree_util.tree_map(lambda a, rows=rows: jnp.mean(a[rows], axis=0), g)
     for bs in ((7, 64) if filt == "all" else (7,)):  # Padded last batch; batch > data.
       c = cache_lib.build_guidance_cache(loss_fn, params, xg, yg, batch_size=bs,
                                          class_filter=filt)
@@ -301,7 +302,8 @@ def test_save_load_roundtrip(setup, tmp_path):
   cache_lib.save_cache(path, c, meta={"classifier_checkpoint": "ckpt/classifier", "step": 7})
   c2, meta = cache_lib.load_cache(path, s["params"])
   assert meta == {"classifier_checkpoint": "ckpt/classifier", "step": 7}
-  assert (c2.count, c2.class_filter, c2.normalized, c2.classes) == (c.count, "minority", False, (1,))
+  assert (c2.count, c2.class_filter, c2.normalized, c2.classes) == (
+      c.count, "minority", False, (1,))
   jax.tree_util.tree_map(np.testing.assert_array_equal, c2.G, c.G)
   other = _multiclass_model()[0]
   with pytest.raises(ValueError, match="leaf"):

@@ -9,14 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tardiff_jax.models.classifier import ClassifierConfig
-from tardiff_jax.models.classifier import make_classifier
-from tardiff_jax.models.timesnet import InceptionBlock
-from tardiff_jax.models.timesnet import TimesNet
-from tardiff_jax.models.timesnet import choose_impl
-from tardiff_jax.models.timesnet import conv_matrix_indices
-from tardiff_jax.models.timesnet import period_amplitudes
-from tardiff_jax.models.timesnet import timesnet_periods
+from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
+from tardiff_jax.models.timesnet import (
+  InceptionBlock,
+  TimesNet,
+  choose_impl,
+  conv_matrix_indices,
+  period_amplitudes,
+  timesnet_periods,
+)
 
 TINY = dict(d_model=4, d_ff=4, e_layers=1, top_k=2, num_kernels=2, dropout=0.1)
 

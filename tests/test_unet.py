@@ -27,11 +27,11 @@ def test_output_shape_equals_input_shape():
   module = UNet1D(TINY)
   for c in (1, 3, 7):
     z = jnp.zeros((2,), jnp.int32)
-    variables = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((2, 24, c)),
-                                                   z, z))
+    variables = jax.eval_shape(lambda c=c, z=z: module.init(
+        jax.random.PRNGKey(0), jnp.zeros((2, 24, c)), z, z))
     for t_len in (24, 48, 288, 21):
       x = jnp.zeros((2, t_len, c))
-      out = jax.eval_shape(lambda v: module.apply(v, x, z, z), variables)
+      out = jax.eval_shape(lambda v, x=x, z=z: module.apply(v, x, z, z), variables)
       assert out.shape == (2, t_len, c), (t_len, c)
       assert out.dtype == jnp.float32
 

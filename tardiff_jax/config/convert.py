@@ -29,7 +29,7 @@ class ConfigError(ValueError):
   """A config names an unknown field or gives a field a value of the wrong type."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(cls: type) -> dict[str, Any]:
   return typing.get_type_hints(cls)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from sklearn import metrics as skm
 
 from tardiff_jax.data.dataset import Dataset

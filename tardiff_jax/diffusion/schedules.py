@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -131,7 +130,7 @@ class DiffusionConfig:
   loss: str = option("l1", "Denoising loss: 'l1' (reference code) or 'l2'; masked.")
   # With eps and ldm_linear, sqrt(alpha_bar) at t = T-1 is 0.025, so eps errors reach x0_hat 40x
   # amplified and the first DDIM step fixes a far too wide sample; v maps 1:1
-  # (benchmarks/results/diffusion_fidelity_default*.md).
+  # (benchmarks/results/archive/diffusion_fidelity_default_v.md vs the eps runs).
   prediction: str = option("v", "Network target: 'eps' (reference code) or 'v'.")
 
   def __post_init__(self):

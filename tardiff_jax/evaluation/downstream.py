@@ -81,7 +81,8 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
   (`train_classifier_seeds(subsets=...)`), so the group costs what its members cost, but runs as
   one computation with S x sets models side by side: one compile per group and one unit of
   resumption. (On a 2-core CPU this does not raise examples/s: 18 GRU models side by side ran
-  at 2,302 examples/s vs 2,635 for 3; the budget comes from the model and epoch sizes.) An epoch is `epoch_size` minibatch positions for every member (default: the largest
+  at 2,302 examples/s vs 2,635 for 3; the budget comes from the model and epoch sizes.) An
+  epoch is `epoch_size` minibatch positions for every member (default: the largest
   set); smaller sets draw from successive permutations of their rows. TimesNet members are
   grouped by their periods (static shapes): sets whose spectra give different periods train in
   separate computations. Returns one `evaluate_fresh` result per set, in order.

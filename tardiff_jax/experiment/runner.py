@@ -25,17 +25,17 @@ def run_pipeline(exp: Experiment) -> dict[str, Any]:
   """Every stage in order; each skips what the workdir already holds."""
   t0 = time.perf_counter()
   methods = exp.config.evaluation.methods
-  exp.data
+  _ = exp.data  # Each stage is a property computed (or read back) on first access.
   exp.log("stage train_diffusion")
-  exp.denoiser
+  _ = exp.denoiser
   exp.log("stage train_classifier")
-  exp.guide
+  _ = exp.guide
   if any(get_method(m).guided for m in methods):
     exp.log("stage cache_guidance")
-    exp.guidance_cache
+    _ = exp.guidance_cache
   if "tardiff" in methods and exp.config.guidance.selects_scale:
     exp.log("stage select_scale")
-    exp.selection
+    _ = exp.selection
   exp.log("stage generate")
   generate_methods(exp)
   exp.log("stage evaluate")

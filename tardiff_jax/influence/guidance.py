@@ -18,7 +18,6 @@ downstream training set lowers the guidance-set loss.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax

@@ -68,7 +68,8 @@ def _sample_score(loss_fn: LossFn, params: Any, G: Any, x: Array, y: Array, vari
     return -loss_fn(params, x, y)
   if variant == "none":
     return jnp.zeros((), x.dtype)
-  raise ValueError(f"Variant {variant!r} is not a per-sample score; expected {PER_SAMPLE_VARIANTS}.")
+  raise ValueError(f"Variant {variant!r} is not a per-sample score; expected "
+                   f"{PER_SAMPLE_VARIANTS}.")
 
 
 def batch_score(loss_fn: LossFn, params: Any, G: Any, x: Float[Array, "b t c"],

@@ -20,8 +20,7 @@ from jaxtyping import Array, Float, Int
 
 from tardiff_jax.config.fields import option
 from tardiff_jax.models.gru import GRUClassifier
-from tardiff_jax.models.timesnet import TimesNet
-from tardiff_jax.models.timesnet import validate_periods
+from tardiff_jax.models.timesnet import TimesNet, validate_periods
 
 MODELS = ("timesnet", "gru")
 
@@ -183,7 +182,7 @@ def _as_rngs(rngs: Any) -> dict[str, Array] | None:
   return {"dropout": rngs}
 
 
-def per_example_losses(logits: Float[Array, "*B K"], y: Int[Array, "*B"]) -> Float[Array, "*B"]:
+def per_example_losses(logits: Float[Array, "... K"], y: Int[Array, "..."]) -> Float[Array, "..."]:
   """BCE on one logit (K = 1, binary) or softmax cross-entropy (K > 1): [..., K], [...] ->
   [...] (one example or a batch)."""
   if logits.shape[-1] == 1:
@@ -222,8 +221,8 @@ def make_classifier(config: ClassifierConfig) -> Classifier:
   def loss_fn(params: Any, x: Float[Array, "T C"], y: Int[Array, ""]) -> Float[Array, ""]:
     return per_example_losses(logits_fn(params, x[None])[0], jnp.asarray(y))
 
-  def batch_loss_fn(params: Any, x: Float[Array, "B T C"], y: Int[Array, "B"],
-                    weights: Float[Array, "B"] | None = None, train: bool = True,
+  def batch_loss_fn(params: Any, x: Float[Array, "B T C"], y: Int[Array, " B"],
+                    weights: Float[Array, " B"] | None = None, train: bool = True,
                     rngs: Any = None) -> Float[Array, ""]:
     """mean_i(w_i * l_i) (w = 1 when None): weights scale examples, e.g. inverse class freq."""
     losses = per_example_losses(logits_fn(params, x, train=train, rngs=rngs), y)

@@ -11,13 +11,14 @@ TimesBlock: for each period p the hidden sequence is zero-padded to a multiple o
 2-D grid (cycles x phase), passed through Inception(d_model -> d_ff), GELU, Inception(d_ff ->
 d_model), unfolded and cropped; the k branches are summed with softmax(amplitude) weights; residual.
 
-Deviation from the library (Wu et al. 2023, Time-Series-Library): the library picks the top-k periods from each
-*batch's* spectrum, which gives data-dependent shapes and makes a sample's output depend on its
-batch mates. Here the periods are static Python ints fixed at setup from the training split's mean
-amplitude spectrum (`timesnet_periods`) and stored with the model, so the network is jit-compiled,
-vmappable and batch-independent. The branch weights stay per sample: the amplitude of the hidden
-sequence at the frequencies of each period, computed with an explicit DFT at those frequencies as
-sqrt(re^2 + im^2 + eps) (finite second derivatives, needed by influence guidance).
+Deviation from the library (Wu et al. 2023, Time-Series-Library): the library picks the top-k
+periods from each *batch's* spectrum, which gives data-dependent shapes and makes a sample's
+output depend on its batch mates. Here the periods are static Python ints fixed at setup from
+the training split's mean amplitude spectrum (`timesnet_periods`) and stored with the model, so
+the network is jit-compiled, vmappable and batch-independent. The branch weights stay per
+sample: the amplitude of the hidden sequence at the frequencies of each period, computed with an
+explicit DFT at those frequencies as sqrt(re^2 + im^2 + eps) (finite second derivatives, needed
+by influence guidance).
 
 Speed (same maths): for short series (`choose_impl`, e.g. the default T=24) a TimesBlock's k
 period branches of both Inception convs are two dense maps over time gathered from the merged
@@ -114,7 +115,7 @@ def _band_dft(t: int, periods: Sequence[int]) -> tuple[np.ndarray, np.ndarray, n
 
 
 def period_amplitudes(h: Float[Array, "T D"], periods: Sequence[int],
-                      eps: float = AMP_EPS) -> Float[Array, "k"]:
+                      eps: float = AMP_EPS) -> Float[Array, " k"]:
   """Per-period amplitude of one hidden sequence: mean over channels and over the period's
   frequencies of sqrt(re^2 + im^2 + eps) of the DFT along time. h: [T, D] -> [k]."""
   t = h.shape[0]
@@ -174,7 +175,7 @@ class InceptionBlock(nn.Module):
 
 
 def inception_grid(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K Cin Cout"],
-                   bias: Float[Array, "Cout"]) -> Float[Array, "B H W Cout"]:
+                   bias: Float[Array, " Cout"]) -> Float[Array, "B H W Cout"]:
   """'Same' 2-D conv (XLA convolution) of a (cycles x phase) grid with a merged odd kernel,
   cropped to the offsets the grid can reach."""
   _, h, w, _ = x.shape

@@ -51,7 +51,7 @@ class UNetConfig:
   # At most this many groups (gcd with the width). 32, the reference's GroupNorm32, is one
   # channel per group at 32 channels: every feature is normalised over time on its own, which
   # deletes each stay's level from every residual branch; samples were 13-51% under-dispersed
-  # between stays, 8 groups fixed it (benchmarks/results/diffusion_fidelity_gn8_1k.md).
+  # between stays, 8 groups fixed it (benchmarks/results/archive/diffusion_fidelity_gn8_1k.md).
   norm_groups: int = option(8, "GroupNorm groups (at most; gcd with each width).")
 
   def __post_init__(self):
@@ -99,7 +99,8 @@ class UNetConfig:
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
-  """Sinusoidal embedding of integer steps `t: [B]` -> `[B, dim]` ([cos | sin], as the reference)."""
+  """Sinusoidal embedding of integer steps `t: [B]` -> `[B, dim]` ([cos | sin], as the
+  reference)."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = t.astype(jnp.float32)[:, None] * freqs[None, :]
@@ -136,7 +137,8 @@ def _up(h: Array) -> Array:
 
 
 class ResBlock(nn.Module):
-  """GroupNorm-SiLU-conv, scale-shift norm from the embedding, dropout, zero conv; optional resample."""
+  """GroupNorm-SiLU-conv, scale-shift norm from the embedding, dropout, zero conv; optional
+  resample."""
 
   out_channels: int
   dropout: float = 0.0

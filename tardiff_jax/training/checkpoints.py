@@ -11,7 +11,6 @@ with `CorruptCheckpointError` naming the directory when there is none.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from typing import Any

@@ -24,13 +24,8 @@ import optax
 from tardiff_jax.config.fields import option
 from tardiff_jax.data.dataset import check_series
 from tardiff_jax.data.normalizers import interpolate_missing
-from tardiff_jax.diffusion import DiffusionConfig
-from tardiff_jax.diffusion import as_eps_model
-from tardiff_jax.diffusion import eps_loss
-from tardiff_jax.models.unet1d import UNet1D
-from tardiff_jax.models.unet1d import UNetConfig
-from tardiff_jax.models.unet1d import init_params
-from tardiff_jax.models.unet1d import make_denoiser
+from tardiff_jax.diffusion import DiffusionConfig, as_eps_model, eps_loss
+from tardiff_jax.models.unet1d import UNet1D, UNetConfig, init_params, make_denoiser
 from tardiff_jax.training.checkpoints import CheckpointStore, meta_mismatch
 from tardiff_jax.training.progress import Progress
 
@@ -309,7 +304,8 @@ def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray |
           store.save(s, state, meta)
   state = jax.device_get(state)
   eps_apply = as_eps_model(apply_fn, diffusion.make_schedule(), diffusion.prediction)
-  return Denoiser(apply_fn=eps_apply, params=state["ema_params"], schedule=diffusion.make_schedule(),
+  return Denoiser(apply_fn=eps_apply, params=state["ema_params"],
+                  schedule=diffusion.make_schedule(),
                   unet=unet, diffusion=diffusion, train=train, seq_len=seq_len,
                   channels=channels, num_classes=int(num_classes), step=int(state["step"]),
                   meta=meta, checkpoint_dir=checkpoint_dir, raw_params=state["params"],
