@@ -15,7 +15,7 @@ import pytest
 from tardiff_jax.data import DataError
 from tardiff_jax.data.extract import items as it
 from tardiff_jax.data.extract.cohort import Flow, calendar_year, first_per_group, lookup
-from tardiff_jax.data.extract.grid import HOURLY_24H, Grid, GridAccumulator
+from tardiff_jax.data.extract.grid import HOURLY_24H, Grid, GridAccumulator, compact
 from tardiff_jax.data.extract.tables import INT_NULL, Column, TableScan, find_table, read_table
 
 COLS = (Column("ID", "int"), Column("T", "time"), Column("V", "float"), Column("S", "str"))
@@ -102,6 +102,15 @@ def test_grid_accumulator_means_window_and_padding():
   np.testing.assert_allclose(x[1, 3, 1], 8.0)
   assert mask.sum() == 3 and np.isnan(x[~mask]).all()
   assert HOURLY_24H.window_seconds == 86400
+
+
+def test_compact_is_boolean_indexing_in_place():
+  a = np.arange(40.0).reshape(10, 2, 2)
+  keep = np.array([0, 1, 1, 0, 0, 1, 1, 1, 0, 1], bool)
+  expected = a[keep].copy()
+  out = compact(a, keep, chunk=2)
+  np.testing.assert_array_equal(out, expected)
+  assert np.shares_memory(out, a)
 
 
 def test_cohort_helpers():

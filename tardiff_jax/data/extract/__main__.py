@@ -24,7 +24,8 @@ _RAW_DIR = flags.DEFINE_string(
 _OUT = flags.DEFINE_string("out", None, "Output .npz (its summary goes to <out>.summary.json).")
 _LABEL = flags.DEFINE_enum("label", "mortality", list(LABELS),
                            "Label stored as `y` (both are stored as y_mortality, y_long_stay).")
-_BLOCK_MB = flags.DEFINE_float("block_mb", 16.0, "MB of CSV text parsed per block (memory bound).")
+_BLOCK_MB = flags.DEFINE_float(
+    "block_mb", 4.0, "MB of CSV text per parsed block; the reader holds up to ~35 blocks.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show rows read and rows/s while streaming.")
 flags.mark_flags_as_required(["source", "raw_dir", "out"])
 

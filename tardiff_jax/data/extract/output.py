@@ -19,7 +19,7 @@ from tardiff_jax import io as tio
 from tardiff_jax.data.dataset import DataError
 from tardiff_jax.data.extract.chartevents import ScanStats
 from tardiff_jax.data.extract.cohort import Cohort
-from tardiff_jax.data.extract.grid import Grid, GridAccumulator
+from tardiff_jax.data.extract.grid import Grid, GridAccumulator, compact
 
 LABELS = ("mortality", "long_stay")
 CLASS_NAMES = {"mortality": ("survived", "died"), "long_stay": ("short", "long")}
@@ -54,9 +54,8 @@ class Extraction:
   def summary(self, label: str = "mortality") -> dict[str, Any]:
     """Counts, label prevalences, missingness per channel and reading speed."""
     n, t, _ = self.x.shape
-    inside = np.arange(t)[None, :] < self.stay_steps[:, None]  # [N, T] cells before discharge.
-    cells = max(int(inside.sum()), 1)
-    observed = (self.mask & inside[:, :, None]).sum(axis=(0, 1))
+    cells = max(int(np.minimum(self.stay_steps, t).sum()), 1)  # Cells before discharge.
+    observed = self.mask.sum(axis=(0, 1))  # Cells after discharge are never observed.
     s = self.stats
     return {
         "source": self.source, "tables": self.tables, "label": label, "stays": n,
@@ -70,7 +69,7 @@ class Extraction:
         # Share of cells without an observation, counting cells before ICU discharge only.
         "missing_per_channel": {name: 1.0 - float(o) / cells
                                 for name, o in zip(self.channel_names, observed)},
-        "padded_fraction": 1.0 - float(inside.mean()),
+        "padded_fraction": 1.0 - cells / max(n * t, 1),
         "rows_read": s.rows_read, "rows_selected": s.rows_selected,
         "rows_out_of_range": s.rows_out_of_range, "observations": s.observations,
         "read_seconds": round(s.seconds, 3), "rows_per_s": s.rows_per_s,
@@ -88,7 +87,7 @@ def assemble(source: str, cohort: Cohort, acc: GridAccumulator, stats: ScanStats
     raise DataError(f"{source}: no stay of the cohort has a vital sign in its window (read "
                     f"{stats.rows_read:,} rows of {tables}); check the item ids and the files.")
   if not has_data.all():
-    x, mask, steps = x[has_data], mask[has_data], steps[has_data]
+    x, mask, steps = compact(x, has_data), compact(mask, has_data), steps[has_data]
   return Extraction(source, x, mask, steps, cohort, tuple(channel_names), tuple(channel_units),
                     acc.grid, stats, dict(tables))
 
