@@ -152,3 +152,23 @@ def test_command_line(tmp_path):
   r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
   assert r.returncode == 2 and "table 'patient' not found" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["mimic3_mortality", "mimic3_los", "mimic4_mortality",
+                                  "eicu_mortality", "eicu_los"])
+def test_cohort_configs(name):
+  import importlib.util
+
+  from tardiff_jax.data.pipeline import DataConfig
+  from tardiff_jax.models.unet1d import UNetConfig
+
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", name + ".py")
+  spec = importlib.util.spec_from_file_location("_cfg_" + name, path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config()
+  data = DataConfig.from_config(c.data)
+  assert (data.source, data.path) == ("file", f"cohorts/{name}.npz")
+  unet = UNetConfig.from_config(c.unet, 2)  # Validates the attention factors against the levels.
+  if name.startswith("eicu"):
+    assert unet.channel_mult == (1, 2, 2, 2) and unet.attention_resolutions == (8,)
