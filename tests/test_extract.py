@@ -45,6 +45,16 @@ def test_lowercase_header_and_optional_column(tmp_path):
   np.testing.assert_array_equal(t["ERROR"], [INT_NULL] * 3)
 
 
+def test_quoted_line_breaks_across_blocks(tmp_path):
+  rows = "".join(f'{i},2101-10-20 08:00:00,{i}.5,"line one\nline, two"\n' for i in range(200))
+  path = _write(tmp_path / "n.csv", "ID,T,V,S\n" + rows)
+  scan = TableScan(path, COLS, block_bytes=256)
+  parts = list(scan)
+  assert scan.batches > 10
+  np.testing.assert_array_equal(np.concatenate([p["ID"] for p in parts]), np.arange(200))
+  assert parts[-1]["S"][-1] == "line one\nline, two"
+
+
 def test_find_table(tmp_path):
   _write(tmp_path / "chartevents.csv.gz", TEXT)
   assert find_table(tmp_path, "CHARTEVENTS").endswith("chartevents.csv.gz")

