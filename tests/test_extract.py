@@ -149,7 +149,8 @@ def test_command_line(tmp_path):
   out = tmp_path / "eicu.npz"
   cmd = [sys.executable, "-m", "tardiff_jax.data.extract", "--source=eicu", f"--raw_dir={d}",
          f"--out={out}", "--label=long_stay"]
-  r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  env = dict(os.environ, TARDIFF_QUIET="0")  # The progress lines are checked below.
+  r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
   assert r.returncode == 0, r.stderr
   assert "3 stays x 288 steps of 5 min x 3 channels" in r.stdout
   assert "[vitalPeriodic.csv]" in r.stderr  # Progress while streaming.
