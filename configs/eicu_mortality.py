@@ -23,8 +23,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c = default.get_config(variant)
   c.data.source = "file"  # A cohort written by `python -m tardiff_jax.data.extract` (README).
   c.data.path = "cohorts/eicu_mortality.npz"  # Relative path; or --config.data.path.
-  c.data.val_fraction = 0.1  # 80/10/10 stratified split of a real cohort (data contract).
-  c.data.test_fraction = 0.1  # 80/10/10.
   # T = 288 five-minute steps: one more halving than the default U-Net (288 -> 144 -> 72 -> 36)
   # and self-attention only at the coarsest level (36 positions), where it is cheap. Its speed on
   # long series is not yet measured.

@@ -23,6 +23,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c = default.get_config(variant)
   c.data.source = "file"  # A cohort written by `python -m tardiff_jax.data.extract` (README).
   c.data.path = "cohorts/mimic3_los.npz"  # Relative path; or --config.data.path.
-  c.data.val_fraction = 0.1  # 80/10/10 stratified split of a real cohort (data contract).
-  c.data.test_fraction = 0.1  # 80/10/10.
   return c

@@ -168,18 +168,10 @@ def test_command_line(tmp_path):
 @pytest.mark.parametrize("name", ["mimic3_mortality", "mimic3_los", "mimic4_mortality",
                                   "eicu_mortality", "eicu_los"])
 def test_cohort_configs(name):
-  import importlib.util
+  from tardiff_jax.config import experiment_config, load_config
 
-  from tardiff_jax.data.pipeline import DataConfig
-  from tardiff_jax.models.unet1d import UNetConfig
-
-  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", name + ".py")
-  spec = importlib.util.spec_from_file_location("_cfg_" + name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
-  data = DataConfig.from_config(c.data)
-  assert (data.source, data.path) == ("file", f"cohorts/{name}.npz")
-  unet = UNetConfig.from_config(c.unet, 2)  # Validates the attention factors against the levels.
+  cfg = experiment_config(load_config(name))  # Validates every section (the U-Net's levels too).
+  assert (cfg.data.source, cfg.data.path) == ("file", f"cohorts/{name}.npz")
+  assert (cfg.data.val_fraction, cfg.data.test_fraction) == (0.1, 0.1)  # 80/10/10.
   if name.startswith("eicu"):
-    assert unet.channel_mult == (1, 2, 2, 2) and unet.attention_resolutions == (8,)
+    assert cfg.unet.channel_mult == (1, 2, 2, 2) and cfg.unet.attention_resolutions == (8,)
