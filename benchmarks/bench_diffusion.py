@@ -12,7 +12,7 @@ between noisy machines, seconds do not). Writes benchmarks/results/bench_diffusi
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import dataclasses
 import os
 import platform
 import statistics
@@ -21,26 +21,28 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from tardiff_jax import io as tio
-from tardiff_jax.diffusion import DiffusionConfig
-from tardiff_jax.models import UNetConfig, count_params, init_params, make_denoiser
-from tardiff_jax.training.diffusion_trainer import (DiffusionTrainConfig, init_state,
-                                                    make_optimizer, _cached_train_step)
+from tardiff_jax.config import experiment_config, load_config
+from tardiff_jax.diffusion import eps_loss
+from tardiff_jax.models import UNet1D, count_params, init_params, make_denoiser
+from tardiff_jax.sampling import SamplerConfig, make_sampler
+from tardiff_jax.training.diffusion_trainer import (
+    DiffusionTrainConfig,
+    init_state,
+    make_optimizer,
+    make_train_step,
+)
 
-REFERENCE = {  # The authors' PyTorch code on this machine class (issue 3).
+REFERENCE = {  # The authors' PyTorch code on this machine class (what the targets refer to).
     "params": 22.9e6, "flops_per_sample": 274e6, "forward_s": 1.41, "train_step_s": 4.56,
     "ddim20_s": 25.8}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load_config(variant):
-  spec = importlib.util.spec_from_file_location("_default_cfg",
-                                                os.path.join(ROOT, "configs", "default.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config(variant)
+  """The typed config of configs/default.py[:variant]."""
+  return experiment_config(load_config("default" + (f":{variant}" if variant else "")))
 
 
 def _time(fn, repeats):
@@ -71,7 +73,7 @@ def matmul_flops_per_s(n, repeats):
 
 def bench_config(name, cfg, batch, seq_len, channels, repeats, sample_repeats, do_sample):
   num_classes = 2
-  unet = UNetConfig.from_config(cfg.unet, num_classes)
+  unet = dataclasses.replace(cfg.unet, num_classes=num_classes)
   module, apply_fn = make_denoiser(unet)
   params = init_params(unet, jax.random.PRNGKey(0), seq_len, channels)
   # Zero-initialised output layers make eps = 0 at init; perturb so nothing can be skipped.
@@ -91,10 +93,12 @@ def bench_config(name, cfg, batch, seq_len, channels, repeats, sample_repeats, d
 
   train_cfg = DiffusionTrainConfig(batch_size=batch, num_steps=10_000, learning_rate=1e-4,
                                    warmup_steps=100, weight_decay=0.01)
-  diff_cfg = DiffusionConfig.from_config(cfg.diffusion)
-  diff_cfg = DiffusionConfig(diff_cfg.schedule, diff_cfg.num_timesteps, diff_cfg.beta_start,
-                             diff_cfg.beta_end, "l1")
-  step = _cached_train_step(unet, train_cfg, diff_cfg, batch, None)
+  # The reference code's training target: eps with the L1 loss (the config's schedule).
+  diff_cfg = dataclasses.replace(cfg.diffusion, loss="l1", prediction="eps")
+  loss_fn = lambda apply, p, schedule, x0, yb, m, key: eps_loss(
+      apply, p, schedule, x0, yb, m, key, loss=diff_cfg.loss, prediction=diff_cfg.prediction)
+  step = make_train_step(UNet1D(unet), make_optimizer(train_cfg), diff_cfg.make_schedule(),
+                         train_cfg, batch, loss_fn)
   state = init_state(unet, make_optimizer(train_cfg), 0, seq_len, channels)
   mask = jnp.ones_like(x, bool)
   t0 = time.perf_counter()
@@ -111,9 +115,11 @@ def bench_config(name, cfg, batch, seq_len, channels, repeats, sample_repeats, d
   res["train_step_s"], res["train_step_all_s"] = _time(one_step, repeats)
 
   if do_sample:
-    from tardiff_jax.sampling import SamplerConfig, make_sampler  # pylint: disable=g-import-not-at-top
-    sampler = make_sampler(apply_fn, diff_cfg.make_schedule(), SamplerConfig("ddim", 20, 1.0, 1.0),
-                           num_classes)
+    # Plain DDIM-20 as the reference code samples (the step's own sigma, no x0 calibration:
+    # those need fits to a trained model, and add one DCT per step).
+    scfg = SamplerConfig(sampler="ddim", num_steps=20, eta=1.0, cfg_scale=1.0, variance="ddim",
+                         calibrate_x0=False)
+    sampler = make_sampler(apply_fn, diff_cfg.make_schedule(), scfg, num_classes)
     sample = jax.jit(sampler, static_argnames="shape")
     shape = (batch, seq_len, channels)
     t0 = time.perf_counter()
@@ -188,15 +194,17 @@ def _markdown(res):
            "| config | params | MFLOP/sample fwd | forward s | fwd % of matmul | train step s "
            "| train % of matmul | DDIM-20 s | samples/s |", "|---|---|---|---|---|---|---|---|---|"]
   ref = res["reference_pytorch"]
-  lines.append(f"| reference PyTorch | {ref['params'] / 1e6:.1f} M | {ref['flops_per_sample'] / 1e6:.0f}"
-               f" | {ref['forward_s']:.2f} | ~45% | {ref['train_step_s']:.2f} | - | "
-               f"{ref['ddim20_s']:.1f} | {256 / ref['ddim20_s']:.1f} |")
+  lines.append(f"| reference PyTorch | {ref['params'] / 1e6:.1f} M | "
+               f"{ref['flops_per_sample'] / 1e6:.0f} | {ref['forward_s']:.2f} | ~45% | "
+               f"{ref['train_step_s']:.2f} | - | {ref['ddim20_s']:.1f} | "
+               f"{256 / ref['ddim20_s']:.1f} |")
   for name, r in res["configs"].items():
     lines.append(
         f"| {name} | {r['params'] / 1e6:.2f} M | {r['forward_flops_per_sample'] / 1e6:.0f} | "
         f"{r['forward_s']:.3f} | {100 * r['forward_flop_fraction_of_matmul']:.0f}% | "
         f"{r['train_step_s']:.3f} | {100 * r['train_flop_fraction_of_matmul']:.0f}% | "
-        f"{r.get('ddim20_s', float('nan')):.2f} | {r.get('ddim20_samples_per_s', float('nan')):.1f} |")
+        f"{r.get('ddim20_s', float('nan')):.2f} | "
+        f"{r.get('ddim20_samples_per_s', float('nan')):.1f} |")
   if "paper" in res["configs"] and "speedup_vs_reference" in res["configs"]["paper"]:
     s = res["configs"]["paper"]["speedup_vs_reference"]
     lines += ["", "Speed-up of `paper` over the reference PyTorch figures: " + ", ".join(

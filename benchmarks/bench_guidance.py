@@ -1,10 +1,12 @@
-"""Benchmark of influence guidance (issue 5 item 5): cache build, influence gradients, guided DDIM.
+"""Benchmark of influence guidance: cache build, influence gradients, guided DDIM.
 
 Measures, in one run on the current backend:
   * the float32 matmul peak (FLOP/s) for reference,
   * the guidance-cache build time for N guidance samples (first call incl. compile, then warm),
   * DDIM sampling at batch B: unguided vs each guidance variant, samples/s, overhead ratio
     guided/unguided, and achieved FLOP/s from XLA's cost analysis of the compiled sampler.
+    The sampler is plain DDIM (the step's own sigma, no x0 calibration): the analytic variance
+    and the calibration need fits to a trained model and cost one DCT per step, guided or not.
 
   python benchmarks/bench_guidance.py --config=default            # default U-Net + GRU(64)
   python benchmarks/bench_guidance.py --config=paper              # paper U-Net + GRU(256)
@@ -17,7 +19,7 @@ does not depend on training); data are random normal with an 8% positive rate.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import dataclasses
 import os
 import platform
 import sys
@@ -28,22 +30,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from tardiff_jax import io as tio
-from tardiff_jax.diffusion.schedules import make_schedule
+from tardiff_jax.config import experiment_config, load_config
 from tardiff_jax.influence import build_guidance_cache, make_gparams, make_influence_guidance
-from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
+from tardiff_jax.models.classifier import make_classifier
 from tardiff_jax.models.timesnet import timesnet_periods
-from tardiff_jax.models.unet1d import UNetConfig, init_params, make_denoiser
-from tardiff_jax.sampling.sampler import SamplerConfig, StepInfo, make_sampler
+from tardiff_jax.models.unet1d import init_params, make_denoiser
+from tardiff_jax.sampling import SamplerConfig, StepInfo, make_sampler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_config(name: str):
-  path = os.path.join(HERE, "..", "configs", "default.py")
-  spec = importlib.util.spec_from_file_location("_bench_cfg", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config("paper" if name == "paper" else None)
+  """The typed config of configs/default.py (`paper`: its paper variant)."""
+  return experiment_config(load_config("default:paper" if name == "paper" else "default"))
 
 
 def _time(fn, *args, repeats: int = 2):
@@ -92,21 +91,18 @@ def main(argv=None) -> dict:
   ap.add_argument("--cache_only", action="store_true", help="time the cache build only")
   args = ap.parse_args(argv)
   cfg = _load_config(args.config)
-  if args.classifier:
-    cfg.classifier.model = args.classifier
   T, C, K = 24, 7, 2
   rng = np.random.default_rng(0)
   x = rng.normal(size=(args.cache_n, T, C)).astype(np.float32)
   y = (rng.random(args.cache_n) < 0.08).astype(np.int32)
   periods = timesnet_periods(x, cfg.classifier.timesnet.top_k)
-  ccfg = ClassifierConfig.from_config(cfg.classifier, K, T, C, periods=periods)
+  ccfg = cfg.classifier.spec(K, T, C, model=args.classifier or None, periods=periods)
   clf = make_classifier(ccfg)
   cparams = clf.init(jax.random.PRNGKey(1))
-  ucfg = UNetConfig.from_config(cfg.unet, K)
+  ucfg = dataclasses.replace(cfg.unet, num_classes=K)
   _, apply_fn = make_denoiser(ucfg)
   uparams = init_params(ucfg, jax.random.PRNGKey(2), T, C)
-  schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.num_timesteps,
-                           cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+  schedule = cfg.diffusion.make_schedule()
   res = {"config": args.config, "classifier": ccfg.model, "backend": jax.default_backend(),
          "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
          "platform": platform.platform(), "batch": args.batch, "steps": args.steps,
@@ -132,7 +128,8 @@ def main(argv=None) -> dict:
     print(f"cache {args.cache_n} (batch {bs}): warm {warm:.2f}s / {res['cache']['warm2_s']:.2f}s")
     return res
 
-  sconfig = SamplerConfig("ddim", args.steps, eta=1.0)
+  sconfig = SamplerConfig(sampler="ddim", num_steps=args.steps, eta=1.0, variance="ddim",
+                          calibrate_x0=False)
   ys = jnp.asarray(np.arange(args.batch) % K, jnp.int32)
   shape = (args.batch, T, C)
   key = jax.random.PRNGKey(3)
@@ -152,7 +149,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     compiled = sample.lower(uparams, gp, key, ys, shape=shape).compile()  # Compile once (AOT).
     compile_s = time.perf_counter() - t0
-    first, best = _time(lambda: compiled(uparams, gp, key, ys), repeats=1)
+    first, best = _time(lambda c=compiled, g=gp: c(uparams, g, key, ys), repeats=1)
     first += compile_s
     flops = _flops_of(compiled)
     step_flops = fwd_flops
@@ -160,7 +157,7 @@ def main(argv=None) -> dict:
       info = StepInfo(index=jnp.int32(0), t=jnp.int32(100), t_prev=jnp.int32(90),
                       alpha_bar=jnp.float32(0.5), alpha_bar_prev=jnp.float32(0.6),
                       sigma=jnp.float32(0.1), x0_fn=lambda v: v)
-      g_flops = _flops_of(jax.jit(lambda g, a, b, c: fn(g, a, b, c, info)).lower(
+      g_flops = _flops_of(jax.jit(lambda g, a, b, c, f=fn, i=info: f(g, a, b, c, i)).lower(
           gp, xs, xs, ys).compile())
       step_flops = None if g_flops is None else fwd_flops + g_flops
     counted = None if step_flops is None else step_flops * args.steps
@@ -198,8 +195,8 @@ def main(argv=None) -> dict:
                  f"{r['overhead_vs_unguided']:.2f}x | {cf} | {pct} | {gf} |")
   lines += ["", "Per-step count: XLA cost analysis of one denoiser forward and one guidance call "
             "at this batch, times the number of steps (the sampler's own cost analysis may count "
-            "the scan body once, so its column is a lower bound). The GRU classifier is itself a scan "
-            "over time, so the guidance part of the per-step count is also a lower bound: the "
+            "the scan body once, so its column is a lower bound). The GRU classifier is itself a "
+            "scan over time, so the guidance part of the per-step count is also a lower bound: the "
             "% of peak of guided variants understates the work done."]
   tio.write_text(out + ".md", "\n".join(lines) + "\n")
   print("wrote", out + ".{json,md}")

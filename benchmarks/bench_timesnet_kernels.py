@@ -27,8 +27,7 @@ import numpy as np
 import optax
 
 from tardiff_jax import io as tio
-from tardiff_jax.models.classifier import ClassifierConfig
-from tardiff_jax.models.classifier import make_classifier
+from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
 from tardiff_jax.models.timesnet import TimesNet
 
 

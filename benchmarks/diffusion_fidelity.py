@@ -1,4 +1,4 @@
-"""Issue 3 acceptance: do unguided samples match the training data, per class and channel?
+"""Fidelity of unguided samples: do they match the training data, per class and channel?
 
   python benchmarks/diffusion_fidelity.py --workdir=runs/simulator [--tag default]
   python benchmarks/diffusion_fidelity.py --workdir=runs/default_v --tag ddim50 --num_steps=50
@@ -16,9 +16,11 @@ difference, real and synthetic sides combined; class 1 has few real stays, so it
 With --sample (implied by any sampler override: --sampler, --num_steps, --eta, --cfg_scale,
 --clip_x0, --variance, --calibrate_x0, --counts, --key_offset) it instead draws a fresh unguided
 set from the trained diffusion model in the workdir (EMA parameters, the workdir's config.json
-with the overrides applied, the pipeline's unguided key unless --key_offset) and evaluates that;
-nothing is written into the workdir except the model's sampler statistics for the analytic
-variance and the x0 calibration (checkpoints/denoiser_stats.json).
+with the overrides applied to its sampling section, the diffusion methods' sampling key unless
+--key_offset) and evaluates that. The workdir is opened read-only (nothing is written into it):
+the sampler's fits to the model (analytic variance, x0 calibration) are the pipeline's stored
+ones when the overrides leave them unchanged (--eta, --clip_x0, --counts, --key_offset), and are
+fitted here, as the pipeline fits them, otherwise.
 --diagnose adds, per class and channel, the split of the pooled std into between-stay (std of
 per-stay means) and within-stay (std around each stay's mean) parts, and quantiles of real and
 synthetic values in normalised units (where heavy tails would show).
@@ -27,7 +29,7 @@ synthetic values in normalised units (where heavy tails would show).
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import time
 import warnings
@@ -36,8 +38,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from tardiff_jax import io as tio
-from tardiff_jax.data import DataConfig, prepare_data
 from tardiff_jax.evaluation.fidelity import channel_stats, marginal_stats
+from tardiff_jax.experiment import Experiment, load_run
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 BOOTSTRAP = 200  # Resamples of stays for the standard errors of each statistic.
@@ -51,35 +53,58 @@ def rel(a, b):
   return np.abs(a - b) / np.maximum(np.abs(b), 1e-8)
 
 
-def draw_samples(workdir: str, cfg: dict, overrides: dict, key_offset: int
-                 ) -> tuple[np.ndarray, np.ndarray, float]:
-  """A fresh unguided set (original units) from the workdir's trained model: (x, y, seconds)."""
+# Sampling settings that the sampler's fits to the denoiser do not depend on.
+NOT_FITTED = ("eta", "clip_x0", "counts")
+
+
+def draw_samples(exp: Experiment, overrides: dict, key_offset: int
+                 ) -> tuple[np.ndarray, np.ndarray, float, dict, float]:
+  """A fresh unguided set (original units) from the workdir's trained model, with the sampling
+  overrides applied: (x, y, seconds, the sampling settings used, seconds spent fitting the
+  sampler to the model here)."""
   import jax
-  import ml_collections
 
-  from tardiff_jax import pipeline
-  config = ml_collections.ConfigDict(cfg)
-  for k, v in overrides.items():
-    if v is not None:
-      config.sampling[k] = type(config.sampling[k])(v) if k in config.sampling else v
-  run = pipeline.Run(config, workdir, quiet=True)
-  x, y, seconds = _sample(run, pipeline, jax, key_offset)
-  return run.data.normalizer.inverse(x), y, seconds
+  from tardiff_jax.experiment.methods import DIFFUSION_KEY
+  from tardiff_jax.sampling import class_counts, generate, make_sampler
 
-
-def _sample(run, pipeline, jax, key_offset: int):
-  """pipeline.sample_method("unguided"), with the key optionally folded with `key_offset`."""
-  if not key_offset:
-    return pipeline.sample_method(run, "unguided")
-  from tardiff_jax.sampling import class_counts, generate
-  _, ema_params = pipeline.load_trained_diffusion(run)
-  counts = class_counts(run.train_counts(), mode=str(run.config.sampling.counts))
-  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), pipeline._method_seed("unguided"))
-  key = jax.random.fold_in(key, int(key_offset))
+  base = exp.config.sampling
+  sampling = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+  d = exp.denoiser
+  fit, fit_s = sampler_fit(exp, sampling)
+  sample = jax.jit(make_sampler(d.apply_fn, d.schedule, sampling, d.num_classes,
+                                gamma=fit.gamma, calibration=fit.calibration),
+                   static_argnames="shape")
+  counts = class_counts(exp.train_counts(), mode=sampling.counts)
+  # The key every diffusion method of the pipeline samples with (w = 0 of TarDiff = unguided).
+  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), DIFFUSION_KEY)
+  if key_offset:
+    key = jax.random.fold_in(key, int(key_offset))
+  train = exp.data.train
   t0 = time.perf_counter()
-  x, y = generate(pipeline._sampler(run, "unguided"), ema_params, None, key, counts,
-                  run.shape_tc, int(run.config.sampling.batch_size), progress=False)
-  return x, y, time.perf_counter() - t0
+  x, y = generate(sample, d.params, None, key, counts, (train.T, train.C), sampling.batch_size,
+                  progress=False)
+  seconds = time.perf_counter() - t0
+  return exp.data.normalizer.inverse(x), y, seconds, dataclasses.asdict(sampling), fit_s
+
+
+def sampler_fit(exp: Experiment, sampling):
+  """The sampler's fits to the denoiser for `sampling`: the pipeline's stored fit when only
+  settings it does not depend on changed, else fitted here by the pipeline's own stage (same
+  key, draws and batches), kept in a scratch store that is deleted afterwards. Returns (fit,
+  seconds spent fitting here)."""
+  import tempfile
+
+  from tardiff_jax.experiment import ArtifactStore
+  from tardiff_jax.experiment.stages import fit_sampler_stats
+
+  base = exp.config.sampling
+  if dataclasses.replace(sampling, **{k: getattr(base, k) for k in NOT_FITTED}) == base:
+    return exp.sampler_fit, 0.0
+  cfg = dataclasses.replace(exp.config, sampling=sampling)
+  t0 = time.perf_counter()
+  with tempfile.TemporaryDirectory() as scratch:
+    fit, _ = fit_sampler_stats(cfg, exp.data, exp.denoiser, ArtifactStore(scratch), quiet=True)
+  return fit, time.perf_counter() - t0
 
 
 def bootstrap_se(x: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str, np.ndarray]:
@@ -97,16 +122,16 @@ def bootstrap_se(x: np.ndarray, mask: np.ndarray | None, seed: int) -> dict[str,
 ORACLE_SEED = 10_007  # Simulator seed of the --oracle stays (not a cohort's data seed).
 
 
-def oracle_samples(data_cfg: dict, per_class: int, num_classes: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-  """`per_class` fresh stays per class from the simulator with the cohort's options but another
-  seed and no missing values: draws from the true distribution, in clinical units."""
+def oracle_samples(sim_cfg, per_class: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """`per_class` fresh stays per class from the simulator with the cohort's prevalence
+  (`SimulatorConfig`) but another seed and no missing values: draws from the true distribution,
+  in clinical units."""
   from tardiff_jax.data import simulate_icu
   xs, ys, n = [], [], 0
   while min((np.sum(np.concatenate(ys) == c) if ys else 0) for c in range(num_classes)) \
       < per_class:
     sim = simulate_icu(20_000, seed=ORACLE_SEED + n, missing_rate=0.0,
-                       prevalence=float(data_cfg.get("prevalence", 0.08)))
+                       prevalence=float(sim_cfg.prevalence))
     xs.append(sim.dataset.x)
     ys.append(sim.dataset.y)
     n += 1
@@ -193,8 +218,8 @@ def main() -> None:
   ap.add_argument("--diagnose", action="store_true",
                   help="Add the std decomposition and normalised quantiles.")
   args = ap.parse_args()
-  cfg = json.load(open(os.path.join(args.workdir, "config.json")))
-  data = prepare_data(DataConfig(**cfg["data"]))
+  exp = load_run(args.workdir)  # Read-only: trains and writes nothing.
+  data = exp.data
   raw = data.raw.train
   overrides = {k: getattr(args, k) for k in ("sampler", "num_steps", "eta", "cfg_scale",
                                              "clip_x0", "counts", "variance",
@@ -206,15 +231,14 @@ def main() -> None:
   sampled = args.sample or args.key_offset != 0 or any(v is not None for v in overrides.values())
   sampling_info = None
   if args.oracle:
-    xs, ys = oracle_samples(cfg["data"], args.oracle, raw.num_classes)
+    xs, ys = oracle_samples(exp.config.data.simulator, args.oracle, raw.num_classes)
     sampling_info = {"oracle": {"per_class": args.oracle, "sim_seed": ORACLE_SEED}}
   elif sampled:
     if args.method != "unguided":
       raise SystemExit("--sample and the sampler overrides only apply to --method=unguided.")
-    xs, ys, seconds = draw_samples(args.workdir, cfg, overrides, args.key_offset)
-    sampling = dict(cfg["sampling"])
-    sampling.update({k: v for k, v in overrides.items() if v is not None})
-    sampling_info = {"sampling": sampling, "key_offset": args.key_offset, "seconds": seconds}
+    xs, ys, seconds, sampling, fit_s = draw_samples(exp, overrides, args.key_offset)
+    sampling_info = {"sampling": sampling, "key_offset": args.key_offset, "seconds": seconds,
+                     "sampler_fit_seconds": fit_s}
   else:
     with np.load(os.path.join(args.workdir, "synthetic", f"{args.method}.npz"),
                  allow_pickle=False) as z:

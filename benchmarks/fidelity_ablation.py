@@ -1,4 +1,5 @@
-"""Summary of the unguided-fidelity ablation (issue 3): training data handling x sampler.
+"""Summary of the unguided-fidelity ablation: how the training data handling and the sampler
+change the per-class, per-channel fidelity of unguided samples to real train.
 
   python benchmarks/fidelity_ablation.py    # reads benchmarks/results/fidelity_ablation/*.json
 
@@ -10,7 +11,7 @@ of class 1):
   zero    python -m tardiff_jax.main --config=configs/default.py --workdir=runs/d2 \
             --config.train_diffusion.fill=zero --config.sampling.variance=ddim   (old default)
   interp  ... --workdir=runs/fill_interp --mode=train_diffusion --config.train_diffusion.fill=interp
-  clean   ... --workdir=runs/miss0 --mode=train_diffusion --config.data.missing_rate=0.0
+  clean   ... --workdir=runs/miss0 --mode=train_diffusion --config.data.simulator.missing_rate=0.0
           (no missing values at all: the reference point for the data handling)
   d3      the default pipeline itself (python -m tardiff_jax.main --config=configs/default.py
           --workdir=runs/d3); its model equals interp's (same config and seed)

@@ -22,7 +22,8 @@ pack() {
   cp $R/bench_guidance_gpu_*.json $R/bench_guidance_gpu_*.md $R/bench_diffusion_gpu_*.json \
     $R/bench_diffusion_gpu_*.md "$W"/ 2>/dev/null
   [ -d /tmp/gpu_run ] && tar czf "$W/run.tgz" -C /tmp gpu_run/report.md gpu_run/report.json \
-    gpu_run/stages gpu_run/metrics.jsonl gpu_run/eval 2>/dev/null
+    gpu_run/config.json gpu_run/manifest.json gpu_run/metrics.jsonl gpu_run/stages \
+    gpu_run/eval 2>/dev/null
   tar czf "$OUT/gpu.tgz" -C "$W" . 2>/dev/null
 }
 step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under a time limit, logs to $W/NAME.log.
@@ -40,13 +41,13 @@ step() {  # step NAME LIMIT_S COMMAND...: runs COMMAND under a time limit, logs 
   > "$W/env.txt" 2>&1
 cat "$W/env.txt"
 
-# Issue 5's accelerator goal: guided DDIM-20 at batch >= 1024, paper U-Net + paper GRU.
+# Guided sampling throughput on the accelerator: DDIM-20 at batch 1024, paper U-Net + paper GRU.
 step guidance_b1024 "${LIM_GUIDANCE:-150}" python3 benchmarks/bench_guidance.py --config=paper \
   --classifier=gru --batch=1024 --variants=dot,classifier --tag=gpu_paper_gru_b1024
-# Issue 3's benchmark at the CPU batch (paper and default U-Nets).
+# The U-Net benchmark (forward, training step, DDIM-20) at the CPU batch, paper and default U-Nets.
 step diffusion_b256 "${LIM_DIFF:-70}" python3 benchmarks/bench_diffusion.py --batch=256 \
   --out=$R/bench_diffusion_gpu_b256
-# The default pipeline end to end (CPU: 17.7 min on 2 cores).
+# The default pipeline end to end (CPU: about 15 minutes on 2 cores, see configs/default.py).
 step pipeline "${LIM_PIPELINE:-190}" python3 -m tardiff_jax.main --config=configs/default.py \
   --workdir=/tmp/gpu_run
 step guidance_b4096 "${LIM_GUIDANCE4K:-50}" python3 benchmarks/bench_guidance.py --config=paper \

@@ -21,13 +21,39 @@ import jax.numpy as jnp
 import numpy as np
 
 from tardiff_jax import io as tio
-from tardiff_jax import pipeline
-from tardiff_jax.config_file import load_config
-from tardiff_jax.influence import influence, make_gparams
-from tardiff_jax.sampling import generate
+from tardiff_jax.config import experiment_config, load_config
 from tardiff_jax.evaluation.protocols import exact_class_counts
+from tardiff_jax.experiment import Experiment
+from tardiff_jax.experiment.methods import DIFFUSION_KEY
+from tardiff_jax.influence import influence
+from tardiff_jax.sampling import generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def measure(exp: Experiment, scales: list[float], n: int):
+  """Rows of mean influence per w; the samples of every w share the diffusion methods' key."""
+  data, denoiser, guide, cache = exp.data, exp.denoiser, exp.guide, exp.guidance_cache
+  fn = exp.sampler("tardiff")
+  counts = exact_class_counts(data.train.y, n, data.num_classes)
+  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), DIFFUSION_KEY)
+  score = jax.jit(lambda p, G, x, y: influence(guide.classifier.loss_fn, p, G, x, y, "dot"))
+  rows, base = [], None
+  for w in scales:
+    t0 = time.perf_counter()
+    x, y = generate(fn, denoiser.params, exp.gparams("tardiff", w), key, counts,
+                    (data.train.T, data.train.C), exp.config.sampling.batch_size, progress=False)
+    secs = time.perf_counter() - t0
+    infl = np.asarray(score(guide.params, cache.G, jnp.asarray(x), jnp.asarray(y)))
+    base = x if base is None else base
+    rows.append({"scale": w, "mean_influence": float(infl.mean()),
+                 "mean_influence_by_class": {str(c): float(infl[y == c].mean())
+                                             for c in np.unique(y)},
+                 "rms_shift_from_first": float(np.sqrt(np.mean((x - base) ** 2))),
+                 "max_abs_x": float(np.abs(x).max()), "seconds": secs,
+                 "samples_per_s": len(y) / secs})
+    print(rows[-1], flush=True)
+  return rows, counts, cache
 
 
 def main() -> None:
@@ -37,30 +63,9 @@ def main() -> None:
   ap.add_argument("--scales", default="0,10,100,1000")
   ap.add_argument("--n", type=int, default=512)
   args = ap.parse_args()
-  run = pipeline.Run(load_config(args.config), args.workdir, quiet=True)
-  pipeline.stage_data(run)
-  _, ema_params = pipeline.load_trained_diffusion(run)
-  classifier, params = pipeline.stage_train_classifier(run)
-  cache = pipeline.stage_cache_guidance(run)
-  fn = pipeline._sampler(run, "tardiff")
-  counts = exact_class_counts(run.data.train.y, args.n, run.num_classes)
-  key = jax.random.fold_in(jax.random.PRNGKey(run.seed), 1)
-  score = jax.jit(lambda p, G, x, y: influence(classifier.loss_fn, p, G, x, y, "dot"))
-  rows, base = [], None
-  for w in (float(s) for s in args.scales.split(",")):
-    t0 = time.perf_counter()
-    x, y = generate(fn, ema_params, make_gparams(params, cache.G, w), key, counts, run.shape_tc,
-                    int(run.config.sampling.batch_size), progress=False)
-    secs = time.perf_counter() - t0
-    infl = np.asarray(score(params, cache.G, jnp.asarray(x), jnp.asarray(y)))
-    base = x if base is None else base
-    rows.append({"scale": w, "mean_influence": float(infl.mean()),
-                 "mean_influence_by_class": {str(c): float(infl[y == c].mean())
-                                             for c in np.unique(y)},
-                 "rms_shift_from_first": float(np.sqrt(np.mean((x - base) ** 2))),
-                 "max_abs_x": float(np.abs(x).max()), "seconds": secs,
-                 "samples_per_s": len(y) / secs})
-    print(rows[-1], flush=True)
+  cfg = experiment_config(load_config(args.config))
+  with Experiment(cfg, args.workdir, quiet=True) as exp:
+    rows, counts, cache = measure(exp, [float(w) for w in args.scales.split(",")], args.n)
   res = {"workdir": os.path.abspath(args.workdir), "n": args.n, "counts": counts.tolist(),
          "guidance_split": "guide_val", "G_norm": cache.norm, "rows": rows}
   out = os.path.join(ROOT, "benchmarks", "results", "influence_vs_scale")

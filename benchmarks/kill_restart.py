@@ -1,13 +1,15 @@
-"""Issue 6 acceptance: a killed-then-restarted pipeline ends with the same report.
+"""Resumption check: does a pipeline that is killed and restarted end with the same report as
+one that ran uninterrupted?
 
   python benchmarks/kill_restart.py [--config tiny] [--kill-after 60,150] [--out DIR]
                                     [--reference DIR_A] [--tag NAME]
 
 Runs the pipeline once uninterrupted (workdir A; or takes an existing finished workdir of the
 same config with --reference), then in workdir B starts it, SIGKILLs it after each
-`--kill-after` delay (seconds since that start), and finally lets it finish. Compares
-report.json of A and B (everything but wall-clock fields) and writes
-benchmarks/results/kill_restart{_TAG}.json, listing any differing report paths.
+`--kill-after` delay (seconds since that start), and finally lets it finish. Records, per kill,
+the artifacts workdir B's store had completed (kind -> names, from its manifest) and the
+denoiser checkpoint's steps. Compares report.json of A and B (everything but wall-clock fields)
+and writes benchmarks/results/kill_restart{_TAG}.json, listing any differing report paths.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 
 from tardiff_jax import io as tio
+from tardiff_jax.experiment import ArtifactStore, Workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,6 +32,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _cmd(config: str, workdir: str) -> list[str]:
   return [sys.executable, "-m", "tardiff_jax.main", f"--config={ROOT}/configs/{config}.py",
           f"--workdir={workdir}"]
+
+
+def _done(workdir: str) -> dict:
+  """What a (killed) run in `workdir` had completed: its store's artifacts (kind -> names) and
+  the saved steps of the denoiser checkpoint."""
+  arts: dict[str, list[str]] = {}
+  if os.path.exists(os.path.join(workdir, "manifest.json")):
+    for e in ArtifactStore(workdir, readonly=True).entries().values():
+      arts.setdefault(e["kind"], []).append(e["name"])
+  ckpt = Workdir(workdir).denoiser_dir
+  steps = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) if os.path.isdir(ckpt) else []
+  return {"artifacts_at_kill": {k: sorted(v) for k, v in sorted(arts.items())},
+          "denoiser_checkpoint_steps_at_kill": steps}
 
 
 def _strip(obj):
@@ -87,9 +103,7 @@ def main() -> None:
     except subprocess.TimeoutExpired:
       p.send_signal(signal.SIGKILL)
       p.wait()
-      done = sorted(os.listdir(os.path.join(b, "stages"))) if os.path.isdir(
-          os.path.join(b, "stages")) else []
-      kills.append({"after_s": delay, "killed": True, "stages_done_at_kill": done})
+      kills.append({"after_s": delay, "killed": True, **_done(b)})
   t0 = time.perf_counter()
   subprocess.run(_cmd(args.config, b), check=True, env=env, cwd=ROOT,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import time
@@ -33,15 +34,14 @@ import numpy as np
 from sklearn import metrics as skm
 
 from tardiff_jax import io as tio
-from tardiff_jax.config_file import load_config
+from tardiff_jax.config import experiment_config, load_config
 from tardiff_jax.data import simulate_icu, stratified_split_indices
 from tardiff_jax.data.normalizers import make_normalizer, normalize_dataset
 from tardiff_jax.evaluation import downstream
 from tardiff_jax.evaluation.downstream import evaluate_fresh
 from tardiff_jax.evaluation.grad_norms import grad_norm_stats
-from tardiff_jax.models.classifier import ClassifierConfig
 from tardiff_jax.models.timesnet import timesnet_periods
-from tardiff_jax.training.classifier_trainer import TrainClassifierConfig, unstack
+from tardiff_jax.training.classifier_trainer import unstack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,10 +157,10 @@ def main():
   args = ap.parse_args()
   sizes = [int(s) for s in args.sizes.split(",") if s]
   gru_sizes = [int(s) for s in args.gru_sizes.split(",") if s]
-  cfg = load_config("default")
-  tcfg = TrainClassifierConfig.from_config(cfg.train_classifier)
+  cfg = experiment_config(load_config("default"))
+  tcfg = cfg.train_classifier
   if args.max_epochs:
-    tcfg = TrainClassifierConfig(**{**tcfg.to_dict(), "max_epochs": args.max_epochs})
+    tcfg = dataclasses.replace(tcfg, max_epochs=args.max_epochs)
   n_train_pool = max(sizes + gru_sizes)
   total = n_train_pool + args.n_val + args.n_test
   sim = simulate_icu(total, seed=args.sim_seed)
@@ -187,16 +187,15 @@ def main():
     train = ds.subset(sub)
     norm = make_normalizer("zscore").fit(train)
     xt, xv, xs = (normalize_dataset(d, norm).x for d in (train, ds.subset(va), ds.subset(te)))
-    sec = cfg.classifier
-    sec.model = model
-    periods = timesnet_periods(xt, sec.timesnet.top_k) if model == "timesnet" else None
-    ccfg = ClassifierConfig.from_config(sec, num_classes=2, T=xt.shape[1], C=xt.shape[2],
-                                        periods=periods)
+    top_k = cfg.classifier.timesnet.top_k
+    periods = timesnet_periods(xt, top_k) if model == "timesnet" else None
+    ccfg = cfg.classifier.spec(2, xt.shape[1], xt.shape[2], model=model, periods=periods)
     t0 = time.perf_counter()
     store: dict = {}
     with capture_trained(store):
       r = evaluate_fresh(xt, train.y, xv, ds.y[va], xs, y_test_raw, ccfg, tcfg,
                          seeds=list(range(args.seeds)), name=f"{model}@{n}", quiet=False)
+    r.pop("curves", None)  # Test ROC / PR curves: not part of this table.
     r.update(model=model, n_train=int(n), prevalence_train=float(train.y.mean()),
              wall_s=time.perf_counter() - t0)
     if args.grad_norm_size and n == args.grad_norm_size:

@@ -24,12 +24,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
 
 from tardiff_jax import io as tio  # noqa: E402
 from tardiff_jax.data import CHANNEL_NAMES, CHANNEL_UNITS, SUBTYPE_NAMES, simulate_icu  # noqa: E402
-from tardiff_jax.data.simulator import auroc, average_precision  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+  """Area under the ROC curve (ties count one half)."""
+  return float(skm.roc_auc_score(y, score))
+
+
+def average_precision(y: np.ndarray, score: np.ndarray) -> float:
+  """Average precision: sum over distinct thresholds of (R_k - R_{k-1}) * P_k (step-wise)."""
+  return float(skm.average_precision_score(y, score))
 
 
 def time_simulation(num_stays: int, seed: int, repeats: int = 3) -> dict:

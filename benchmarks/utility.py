@@ -1,9 +1,10 @@
-"""Issue 6 acceptance: the default pipeline over several data seeds, every method's utility.
+"""Utility of every method over several data seeds: the pipeline on several simulated cohorts,
+TSTR and TSRTR per method, and whether TarDiff beats unguided sampling and real data alone.
 
   python benchmarks/utility.py [--seeds 0,1,2] [--root runs/utility] [--config configs/default.py]
                                [--workdir SEED=DIR ...] [--tag simulator]
 
-For each data seed k the full pipeline runs in ROOT/seed{k} with `data.sim_seed = k` and
+For each data seed k the full pipeline runs in ROOT/seed{k} with `data.simulator.seed = k` and
 `data.split_seed = k` (a new simulated cohort and split; model seeds unchanged), or an existing
 finished workdir is used (`--workdir 0=runs/d1`; its config must have that data seed). Runs are
 resumable: a finished workdir is only read. The script then reads every report.json and writes
@@ -25,6 +26,7 @@ import time
 import numpy as np
 
 from tardiff_jax import io as tio
+from tardiff_jax.config import ConfigError, experiment_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRICS = ("auroc", "auprc", "minority_f1")
@@ -33,7 +35,7 @@ METRICS = ("auroc", "auprc", "minority_f1")
 def run_seed(seed: int, workdir: str, config: str, log_dir: str) -> float:
   """Runs (or resumes) the pipeline for one data seed; returns wall seconds of this call."""
   cmd = [sys.executable, "-m", "tardiff_jax.main", f"--config={config}", f"--workdir={workdir}",
-         f"--config.data.sim_seed={seed}", f"--config.data.split_seed={seed}"]
+         f"--config.data.simulator.seed={seed}", f"--config.data.split_seed={seed}"]
   os.makedirs(log_dir, exist_ok=True)
   t0 = time.perf_counter()
   with open(os.path.join(log_dir, f"utility_seed{seed}.log"), "w") as log:
@@ -43,11 +45,16 @@ def run_seed(seed: int, workdir: str, config: str, log_dir: str) -> float:
 
 
 def check_seed(workdir: str, seed: int) -> None:
-  cfg = tio.read_json(os.path.join(workdir, "config.json"))
-  got = (int(cfg["data"]["sim_seed"]), int(cfg["data"]["split_seed"]))
+  path = os.path.join(workdir, "config.json")
+  try:
+    data = experiment_config(tio.read_json(path)).data
+  except ConfigError as e:
+    raise SystemExit(f"{path} is not a config of this version of tardiff_jax ({e}); run the "
+                     "pipeline there again.") from None
+  got = (data.simulator.seed, data.split_seed)
   if got != (seed, seed):
-    raise SystemExit(f"{workdir} was run with (sim_seed, split_seed) = {got}, not ({seed}, "
-                     f"{seed}).")
+    raise SystemExit(f"{workdir} was run with (data.simulator.seed, data.split_seed) = {got}, "
+                     f"not ({seed}, {seed}).")
 
 
 def _stat(values: list[float]) -> dict[str, float]:
@@ -154,7 +161,8 @@ def markdown(agg: dict, command: str) -> str:
     lines += ["", "## Notes from the reports", ""] + [f"- {n}" for n in agg["notes"]]
   if agg["verdicts"]:
     lines += ["", "## TarDiff, paired by data seed (wins = better on every seed, loses = worse "
-              "on every seed, ties = otherwise; a seed whose selected w is 0 gives TarDiff = unguided)", "",
+              "on every seed, ties = otherwise; a seed whose selected w is 0 gives TarDiff = "
+              "unguided)", "",
               "| alpha | metric | TarDiff vs | mean diff | per seed | verdict |",
               "|---|---|---|---|---|---|"]
     for v in agg["verdicts"]:
