@@ -216,3 +216,19 @@ def test_evaluate_fresh_group_equals_one_set_at_a_time(data):
     for key in downstream.METRIC_KEYS:
       assert g[key] == pytest.approx(alone[key], abs=1e-4)
     assert [s["best_epoch"] for s in g["seeds"]] == [s["best_epoch"] for s in alone["seeds"]]
+
+
+def test_member_labels_train_each_member_on_its_own_labels(data, clf):
+  """`labels` gives each member its own labels for the same rows (the gate's permuted-label
+  guides): the true labels reproduce plain training, permuted ones give another model."""
+  (xt, yt), (xv, yv), _ = data
+  plain, _ = ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0], quiet=True)
+  perm = np.random.default_rng(0).permutation(yt)
+  both, _ = ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0, 0], labels=[yt, perm],
+                                      quiet=True)
+  p_plain = ct.predict_proba(clf, plain, xv, stacked=True)[0]
+  p_both = ct.predict_proba(clf, both, xv, stacked=True)
+  np.testing.assert_allclose(p_both[0], p_plain, atol=1e-5)
+  assert not np.allclose(p_both[1], p_plain, atol=1e-3)
+  with pytest.raises(ValueError, match="label arrays"):
+    ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0, 1], labels=[yt], quiet=True)

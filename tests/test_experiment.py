@@ -270,6 +270,14 @@ def test_load_run_and_the_readme_snippet(tiny_run):
   assert ns["x"].shape[1:] == (24, 7) and np.isfinite(ns["x"]).all()
   with pytest.raises(FileNotFoundError, match="not a tardiff workdir"):
     load_run(os.path.join(wd, "plots"))
+  # Read-only: a piece the workdir lacks is refused before any work is spent on it.
+  other = experiment_config(cfg)
+  other = dataclasses.replace(other, sampling=dataclasses.replace(other.sampling, cfg_scale=3.0))
+  ro = Experiment(other, wd, readonly=True)
+  t0 = time.perf_counter()
+  with pytest.raises(PermissionError, match="read-only"):
+    _ = ro.sampler_fit
+  assert time.perf_counter() - t0 < 30
 
 
 def test_cli_help_modes_and_errors(tmp_path):

@@ -80,3 +80,25 @@ def test_single_class_gives_nan_and_bad_input_raises():
     metrics.binary_metrics(np.array([0, 1]), np.array([0.1, 0.2, 0.3]))
   with pytest.raises(ValueError, match="NaN"):
     metrics.binary_metrics(np.array([0, 1]), np.array([0.1, np.nan]))
+
+
+def test_bootstrap_intervals_cover_the_point_and_shrink_with_n():
+  rng = np.random.default_rng(0)
+
+  def sample(n):
+    y = (rng.random(n) < 0.2).astype(int)
+    return y, rng.normal(y * 1.0, 1.0)
+
+  y, p = sample(200)
+  losses = rng.random(200)
+  small = metrics.bootstrap_intervals(y, p, losses, resamples=300, seed=1)
+  for k in ("auroc", "auprc", "loss"):
+    assert small[k]["lo"] <= small[k]["value"] <= small[k]["hi"], (k, small[k])
+  assert small["auroc"]["value"] == pytest.approx(skm.roc_auc_score(y, p))
+  big = metrics.bootstrap_intervals(*sample(5000), resamples=300, seed=1)
+  width = lambda r: r["auroc"]["hi"] - r["auroc"]["lo"]
+  assert width(big) < 0.4 * width(small)
+  assert metrics.bootstrap_intervals(y, p, resamples=50, seed=3) == metrics.bootstrap_intervals(
+      y, p, resamples=50, seed=3)  # Deterministic in the seed.
+  with pytest.raises(ValueError, match="both classes"):
+    metrics.bootstrap_intervals(np.zeros(5, int), np.arange(5.0))

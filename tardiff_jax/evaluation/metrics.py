@@ -125,3 +125,40 @@ def _check_class(c) -> int:
   if c not in (0, 1):
     raise ValueError(f"minority class must be 0 or 1; got {c}.")
   return c
+
+
+def bootstrap_intervals(y_true: np.ndarray, p: np.ndarray, losses: np.ndarray | None = None,
+                        resamples: int = 1000, level: float = 0.95,
+                        seed: int = 0) -> dict[str, dict[str, float]]:
+  """Point estimates and percentile bootstrap intervals of AUROC, AUPRC (and the mean of
+  per-example `losses`, if given) over resamples of the examples with replacement.
+
+  Resamples that draw a single class are redrawn (AUROC and AUPRC need both). Returns
+  {"auroc": {"value", "lo", "hi"}, "auprc": {...}, "loss": {...}}; deterministic in `seed`.
+  """
+  y, p = _labels(y_true), _probs(p, y_true)
+  if not 0 < int(y.sum()) < y.size:
+    raise ValueError("bootstrap_intervals: the labels need both classes.")
+  if resamples < 1 or not 0 < level < 1:
+    raise ValueError(f"bootstrap_intervals: resamples >= 1 and level in (0, 1); got "
+                     f"{resamples}, {level}.")
+  rng = np.random.default_rng(seed)
+  stats: dict[str, list[float]] = {"auroc": [], "auprc": []}
+  if losses is not None:
+    losses = np.asarray(losses, np.float64)
+    stats["loss"] = []
+  while len(stats["auroc"]) < resamples:
+    i = rng.integers(0, y.size, y.size)
+    if not 0 < int(y[i].sum()) < y.size:
+      continue
+    stats["auroc"].append(skm.roc_auc_score(y[i], p[i]))
+    stats["auprc"].append(skm.average_precision_score(y[i], p[i]))
+    if losses is not None:
+      stats["loss"].append(float(losses[i].mean()))
+  point = {"auroc": float(skm.roc_auc_score(y, p)),
+           "auprc": float(skm.average_precision_score(y, p))}
+  if losses is not None:
+    point["loss"] = float(losses.mean())
+  q = (100 * (1 - level) / 2, 100 * (1 + level) / 2)
+  return {k: {"value": point[k], "lo": float(np.percentile(v, q[0])),
+              "hi": float(np.percentile(v, q[1]))} for k, v in stats.items()}

@@ -4,8 +4,9 @@
 atomically. report.json holds the top-level keys `REQUIRED` (dataset, methods, tstr, tsrtr,
 fidelity, privacy, grad_norms, timing), plus the `OPTIONAL` ones the caller passes (`extras`:
 notes on trimmed protocol parts, scales, the scale sweep; `fidelity_channels`: per-class,
-per-channel statistics). Nested entries may carry more than the required keys (spreads,
-per-seed values, seed counts); every number anywhere in the report must be finite.
+per-channel statistics; `guide`: the guide classifier's quality and the guidance-signal gate).
+Nested entries may carry more than the required keys (spreads, per-seed values, seed counts);
+every number anywhere in the report must be finite.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ DATASET_KEYS = ("name", "n_train", "n_val", "n_test", "T", "C", "prevalence_trai
 TIMING_KEYS = ("train_diffusion_s", "train_classifier_s", "cache_guidance_s", "generate_s",
                "samples_per_s")
 REQUIRED = ("dataset", "methods", "tstr", "tsrtr", "fidelity", "privacy", "grad_norms", "timing")
-OPTIONAL = ("extras", "fidelity_channels")
+OPTIONAL = ("extras", "fidelity_channels", "guide")
 REAL = "real"  # The train-on-real (TRTR) row of `tstr`.
 
 
@@ -153,7 +154,8 @@ def build_report(dataset_info: Mapping[str, Any], methods: Sequence[str],
                  fidelity: Mapping[str, Mapping], privacy: Mapping[str, Any],
                  grad_norms: Mapping[Any, Mapping], timing: Mapping[str, float],
                  extras: Mapping[str, Any] | None = None,
-                 fidelity_channels: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 fidelity_channels: Mapping[str, Any] | None = None,
+                 guide: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Assembles and validates report.json's dict.
 
   Args:
@@ -173,6 +175,9 @@ def build_report(dataset_info: Mapping[str, Any], methods: Sequence[str],
     extras: optional JSON-able dict (e.g. {"notes": ["..."]}), stored under "extras".
     fidelity_channels: optional {"reference", "channels", "classes": {class: {source:
       {channel: {"mean", "std", "acf1"}}}}} (`source` "real" or a method), in original units.
+    guide: optional guide-classifier quality {"metrics": {"auroc", "auprc", "loss": {"value",
+      "lo", "hi"}}, "n", "positives", "signal", "guided_methods", ...}; without a signal the
+      guided methods are marked and not compared in the verdict.
   Returns:
     the report dict. Raises ReportError (a ValueError) naming any missing or non-finite key.
   """
@@ -207,6 +212,8 @@ def build_report(dataset_info: Mapping[str, Any], methods: Sequence[str],
     report["extras"] = dict(extras)
   if fidelity_channels:
     report["fidelity_channels"] = dict(fidelity_channels)
+  if guide:
+    report["guide"] = dict(guide)
   validate_report(report)
   return report
 
@@ -238,6 +245,16 @@ def verdict(report: Mapping[str, Any], method: str = "tardiff",
   """
   label = "TarDiff" if method == "tardiff" else method
   tstr = report["tstr"]
+  guide = report.get("guide") or {}
+  if guide.get("signal") is False and method in guide.get("guided_methods", [method]):
+    a = guide["metrics"]["auroc"]
+    perm = guide.get("permuted_auroc") or []
+    beat = (f"; guides trained on permuted labels reach {max(perm):.3f}" if perm else "")
+    return (f"{label} vs {baseline}: not compared: no guidance signal. The guide classifier "
+            f"does not beat chance and label-free guides on guidance-val (AUROC "
+            f"{a['value']:.3f}, 95% interval [{a['lo']:.3f}, {a['hi']:.3f}]{beat}), so the "
+            "guided rows follow a guide that learned nothing usable. See 'Guide classifier' "
+            "below for what to try.")
   if method not in tstr or baseline not in tstr:
     missing = [m for m in (method, baseline) if m not in tstr]
     return f"{label} vs {baseline}: not available ({', '.join(missing)} not run)."
@@ -262,8 +279,13 @@ def verdict(report: Mapping[str, Any], method: str = "tardiff",
   return line
 
 
-def _method_label(m: str) -> str:
-  return "real (train on real, TRTR)" if m == REAL else m
+def _method_label(m: str, report: Mapping[str, Any] | None = None) -> str:
+  if m == REAL:
+    return "real (train on real, TRTR)"
+  guide = (report or {}).get("guide") or {}
+  if guide.get("signal") is False and m in guide.get("guided_methods", []):
+    return f"{m} (no guidance signal)"
+  return m
 
 
 def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None = None) -> str:
@@ -289,7 +311,7 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
   for m in methods:
     e = report["tstr"][m]
     cells = [_pm(*metric_mean_std(e, k)[:2]) for k in METRICS]
-    lines.append(f"| {_method_label(m)} | " + " | ".join(cells)
+    lines.append(f"| {_method_label(m, report)} | " + " | ".join(cells)
                  + f" | {metric_mean_std(e, 'auroc')[2]} |")
 
   syn = [m for m in methods if m != REAL and m in report["tsrtr"]]
@@ -309,7 +331,7 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
       for m in syn:
         by_a = report["tsrtr"][m]
         cells = [_pm(*metric_mean_std(by_a[a], k)[:2]) if a in by_a else "-" for a in alphas]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_method_label(m, report)} | " + " | ".join(cells) + " |")
 
   lines += ["", "## Fidelity and privacy",
             "Discriminative score: |accuracy - 0.5| of a GRU telling real from synthetic "
@@ -333,10 +355,12 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
   for m in methods:
     if m == REAL and m not in fid and m not in priv:
       continue
-    lines.append(f"| {_method_label(m)} | {cell(fid.get(m), 'discriminative')} | "
+    lines.append(f"| {_method_label(m, report)} | {cell(fid.get(m), 'discriminative')} | "
                  f"{cell(fid.get(m), 'predictive')} | {cell(priv.get(m), 'mir')} |")
 
   lines += _channel_tables(report.get("fidelity_channels"))
+
+  lines += _guide_section(report.get("guide"), ds)
 
   lines += ["", "## Guidance gradient norms by class", "",
             "| class | mean | std | count |", "|---|---|---|---|"]
@@ -364,6 +388,39 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     for note in ([notes] if isinstance(notes, str) else notes):
       lines.append(f"- {note}")
   return "\n".join(lines) + "\n"
+
+
+def _guide_section(guide: Mapping[str, Any] | None, ds: Mapping[str, Any]) -> list[str]:
+  """The guide classifier's guidance-val quality and the gate's verdict."""
+  if not guide:
+    return []
+  m = guide["metrics"]
+  iv = lambda k, d=3: (f"{m[k]['value']:.{d}f} [{m[k]['lo']:.{d}f}, "  # noqa: E731
+                       f"{m[k]['hi']:.{d}f}]")
+  lines = ["", "## Guide classifier",
+           f"The classifier that guidance differentiates, on guidance-val ({guide['n']} cases, "
+           f"{guide['positives']} of the target class; {int(100 * guide['level'])}% bootstrap "
+           f"intervals over {guide['resamples']} resamples): AUROC {iv('auroc')}, AUPRC "
+           f"{iv('auprc')} (prevalence in train {100 * float(ds['prevalence_train']):.1f}%), "
+           f"mean loss {iv('loss', 4)}."]
+  if "oracle_auroc" in ds:
+    lines[-1] += f" Simulator oracle AUROC {float(ds['oracle_auroc']):.3f}."
+  perm = guide.get("permuted_auroc") or []
+  if perm:
+    lines[-1] += (f" Guides trained the same way on {len(perm)} permutations of the training "
+                  f"labels: AUROC {min(perm):.3f} to {max(perm):.3f}.")
+  norms = ", ".join(f"{c}: {v['mean']:.3g} ± {v['std']:.3g}" for c, v in
+                    guide.get("grad_norms", {}).items())
+  if norms:
+    lines[-1] += f" Per-class gradient norms (mean ± SD): {norms}."
+  if guide.get("signal"):
+    lines += ["", f"Guidance signal: yes ({guide['rule']})."]
+  else:
+    tries = "; ".join(f"`{s.split(' (')[0]}`" for s in guide.get("suggestions", []))
+    lines += ["", f"**No guidance signal**: it does not hold that {guide['rule']}. The guided "
+              f"methods ({', '.join(guide.get('guided_methods', []))}) follow a guide that "
+              f"learned nothing usable from the labels. To try: {tries}."]
+  return lines
 
 
 def _channel_tables(table: Mapping[str, Any] | None) -> list[str]:

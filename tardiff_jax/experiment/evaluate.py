@@ -15,6 +15,7 @@ import numpy as np
 
 from tardiff_jax.evaluation import fidelity, plots, privacy, protocols, report
 from tardiff_jax.evaluation.downstream import CURVE_GRID
+from tardiff_jax.experiment import gate
 from tardiff_jax.experiment.methods import METHODS, DiffusionMethod, get_method
 from tardiff_jax.experiment.run import Experiment, SyntheticSet
 
@@ -218,7 +219,9 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
   rep = report.build_report(
       dataset_info={k: d.info[k] for k in keys if k in d.info}, methods=["real", *methods],
       tstr=tstr, tsrtr=tsrtr, fidelity=fid, privacy=priv, grad_norms=grad_norms, timing=timing,
-      extras=extras, fidelity_channels=channel_table(exp, syn))
+      extras=extras, fidelity_channels=channel_table(exp, syn),
+      guide={**exp.guide_quality.to_dict(), "suggestions": gate.suggestions(cfg),
+             "guided_methods": [m for m in methods if get_method(m).guided]})
   report.write_report(exp.workdir.root, rep, plots=plot_paths)
   exp.log(f"evaluate: wrote {exp.workdir.path('report.json')} and report.md")
   return rep

@@ -28,7 +28,7 @@ from tardiff_jax.data.loaders import save_dataset
 from tardiff_jax.data.prepare import PreparedData, prepare_data
 from tardiff_jax.evaluation import protocols
 from tardiff_jax.evaluation.downstream import evaluate_fresh_group
-from tardiff_jax.experiment import stages
+from tardiff_jax.experiment import gate, stages
 from tardiff_jax.experiment.methods import (
     DIFFUSION_KEY,
     BaselineMethod,
@@ -125,6 +125,15 @@ class Experiment:
                               retrain=self.retrain, readonly=self.readonly, quiet=self.quiet)
 
   @functools.cached_property
+  def guide_quality(self):
+    """The guide's guidance-val metrics and the gate's verdict (`gate.GuideQuality`); warns,
+    or stops with guidance.gate = "error", when it has no guidance signal."""
+    q = gate.assess_guide(self.config, self.data, self.guide, self.store, self.quiet)
+    guided = [m for m in self.config.evaluation.methods if get_method(m).guided]
+    gate.check(q, self.config, guided)
+    return q
+
+  @functools.cached_property
   def _cache(self):
     return stages.guidance_cache(self.config, self.data, self.guide, self.store, self.quiet)
 
@@ -177,6 +186,7 @@ class Experiment:
     if m.score not in self._samplers:
       guidance_fn = None
       if m.guided:
+        _ = self.guide_quality  # The gate speaks before any guided sample is drawn.
         variant = None if m.score == "influence" else m.score
         guidance_fn = guidance_from_config(self.guide.classifier.loss_fn, self.config.guidance,
                                            variant)
@@ -227,6 +237,7 @@ class Experiment:
     if arrays is not None:
       syn = SyntheticSet(method, arrays["x"], arrays["y"], scale, self.store.seconds(key), key)
     else:
+      self.store.check_writable(key)
       t0 = time.perf_counter()
       counts = class_counts(self.train_counts(), mode=self.config.sampling.counts)
       if isinstance(m, BaselineMethod):
@@ -301,6 +312,7 @@ class Experiment:
     stored = {n: self.store.read_json(k) for n, k in keys.items()}
     if all(v is not None for v in stored.values()):
       return stored
+    self.store.check_writable(next(iter(keys.values())))
     vs, ts = getattr(data, val), getattr(data, test)
     t0 = time.perf_counter()
     results = evaluate_fresh_group([(x, y) for x, y, _ in fits.values()], vs.x, vs.y, ts.x, ts.y,

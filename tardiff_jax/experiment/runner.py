@@ -30,6 +30,7 @@ def run_pipeline(exp: Experiment) -> dict[str, Any]:
   _ = exp.denoiser
   exp.log("stage train_classifier")
   _ = exp.guide
+  _ = exp.guide_quality
   if any(get_method(m).guided for m in methods):
     exp.log("stage cache_guidance")
     _ = exp.guidance_cache
@@ -58,6 +59,7 @@ def run_mode(mode: str, config: Any, workdir: str, *, quiet: bool = False,
     if mode == "train_diffusion":
       return exp.denoiser
     if mode == "train_classifier":
+      _ = exp.guide_quality
       return exp.guide
     if mode == "cache_guidance":
       return exp.guidance_cache

@@ -33,10 +33,12 @@ class ScaleSelection:
   grid: tuple[float, ...]
   criterion: str
   seconds: float
+  guidance_signal: bool = True  # False: the guide is no better than chance (see gate.py).
 
   def to_dict(self) -> dict[str, Any]:
     return {"grid": list(self.grid), "rows": self.rows, "selected_scale": self.selected,
-            "criterion": self.criterion, "seconds": self.seconds}
+            "criterion": self.criterion, "seconds": self.seconds,
+            "guidance_signal": self.guidance_signal}
 
 
 def _mean_influence(exp, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -65,8 +67,10 @@ def select_scale(exp) -> ScaleSelection:
   stored = exp.store.read_json(key)
   if stored is not None:
     sel = ScaleSelection(float(stored["selected_scale"]), stored["rows"], grid,
-                         stored["criterion"], float(stored["seconds"]))
+                         stored["criterion"], float(stored["seconds"]),
+                         bool(stored.get("guidance_signal", True)))
   else:
+    exp.store.check_writable(key)
     t0 = time.perf_counter()
     drawn, fits, infl = {}, {}, {}
     for w in grid:
@@ -87,8 +91,13 @@ def select_scale(exp) -> ScaleSelection:
                                                for c in np.unique(y)}})
       exp.log(f"select_scale: w={w:g} eval-val AUPRC {res['auprc']:.3f} AUROC "
               f"{res['auroc']:.3f} mean influence {np.mean(infl[w]):.4g}")
+    signal = exp.guide_quality.signal
+    if not signal:
+      exp.log("select_scale: no guidance signal (the guide is no better than chance): the "
+              "guided samples of this sweep follow a guide that has learned nothing")
     best = max(rows, key=lambda r: (r["auprc"], -abs(r["scale"])))
-    sel = ScaleSelection(float(best["scale"]), rows, grid, CRITERION, time.perf_counter() - t0)
+    sel = ScaleSelection(float(best["scale"]), rows, grid, CRITERION, time.perf_counter() - t0,
+                         signal)
     exp.store.write_json(key, sel.to_dict(), seconds=sel.seconds)
     exp.log(f"select_scale: selected w = {sel.selected:g}")
   return sel

@@ -48,6 +48,7 @@ from tardiff_jax.training.diffusion_trainer import (
 )
 
 STATS_DRAWS = 2  # Noise draws per training stay for the sampler's gamma and x0 calibration.
+GUIDE_STOP_SPLIT = "val"  # The split the guidance classifier early-stops on.
 
 
 def log(msg: str) -> None:
@@ -180,7 +181,8 @@ def train_guide(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
                 quiet: bool = False) -> TrainedGuide:
   """Trains (or reloads) the guidance classifier on train, early-stopping on validation."""
   classifier = make_classifier(classifier_spec(cfg, data))
-  extra = {"data": {"train": data.fingerprint("train"), "val": data.fingerprint("val")},
+  extra = {"data": {"train": data.fingerprint("train"),
+                    "val": data.fingerprint(GUIDE_STOP_SPLIT)},
            "data_config": to_dict(cfg.data), "target_class": data.target_class}
   wanted = classifier_meta(classifier, cfg.train_classifier, cfg.seed, extra)
   mismatch = meta_mismatch
@@ -193,9 +195,9 @@ def train_guide(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
   else:
     _check_checkpoint(workdir.guide_dir, wanted, mismatch, cfg, "guidance classifier", retrain)
   t0 = time.perf_counter()
-  d = data
+  d, stop = data, getattr(data, GUIDE_STOP_SPLIT)
   params, history = train_classifier(
-      classifier, d.train.x, d.train.y, d.val.x, d.val.y, cfg.train_classifier, seed=cfg.seed,
+      classifier, d.train.x, d.train.y, stop.x, stop.y, cfg.train_classifier, seed=cfg.seed,
       checkpoint_dir=workdir.guide_dir, metrics_path=workdir.metrics, target=data.target_class,
       extra_meta=extra, quiet=quiet)
   if not history.get("restored"):
@@ -207,6 +209,7 @@ def train_guide(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
                   {"guide": identity, "batch_size": cfg.guidance.cache_batch_size})
   norms = store.read_json(key)
   if norms is None:
+    store.check_writable(key)
     t0 = time.perf_counter()
     norms = grad_norm_stats(classifier.loss_fn, params, d.train.x, d.train.y,
                             batch_size=cfg.guidance.cache_batch_size)
@@ -235,6 +238,7 @@ def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuid
   path = store.verified_path(key)
   if path is not None:
     return load_cache(path, guide.params)[0], identity
+  store.check_writable(key)
   g = cfg.guidance
   gv = data.guide_val
   cache = build_guidance_cache(guide.classifier.loss_fn, guide.params, gv.x, gv.y,
@@ -268,6 +272,7 @@ def fit_sampler_stats(cfg: ExperimentConfig, data: PreparedData, denoiser: Denoi
   arrays = store.read_arrays(key)
   if arrays is not None:
     return SamplerFit.from_arrays(arrays), key.digest
+  store.check_writable(key)
   d = data.train
   x = denoiser_inputs(d.x, d.mask, denoiser.train.fill)
   t0 = time.perf_counter()

@@ -27,6 +27,7 @@ MANIFEST = "manifest.json"
 FOLDERS = {
     "sampler_fit": os.path.join("checkpoints", "sampler_fit"),
     "guidance_cache": "guidance", "grad_norms": "guidance", "selection": "guidance",
+    "guide_quality": "guidance",
     "synthetic": os.path.join("synthetic", "sets"),
     "protocol": "eval", "fidelity": "eval",
     "timing": "stages",
@@ -132,7 +133,8 @@ class ArtifactStore:
         "seconds": None if seconds is None else float(seconds), "settings": key.settings}
     tio.write_json(os.path.join(self.root, MANIFEST), manifest)
 
-  def _check_writable(self, key: ArtifactKey) -> None:
+  def check_writable(self, key: ArtifactKey) -> None:
+    """Raises before any work is spent on an artifact that a read-only store cannot keep."""
     if self.readonly:
       raise PermissionError(f"This run was opened read-only; {key.relpath} is not computed yet. "
                             "Run the pipeline on the workdir first.")
@@ -147,7 +149,7 @@ class ArtifactStore:
     return None if path is None else tio.read_json(path)
 
   def write_json(self, key: ArtifactKey, obj: Any, seconds: float | None = None) -> None:
-    self._check_writable(key)
+    self.check_writable(key)
     tio.write_json(self.path(key), obj)
     self._record(key, seconds)
 
@@ -160,13 +162,13 @@ class ArtifactStore:
 
   def write_arrays(self, key: ArtifactKey, arrays: Mapping[str, np.ndarray],
                    seconds: float | None = None) -> None:
-    self._check_writable(key)
+    self.check_writable(key)
     tio.write_npz(self.path(key), **arrays)
     self._record(key, seconds)
 
   def write_with(self, key: ArtifactKey, writer: Callable[[str], None],
                  seconds: float | None = None) -> None:
     """Writes an artifact with a custom (atomic) `writer(path)`, then records it."""
-    self._check_writable(key)
+    self.check_writable(key)
     writer(self.path(key))
     self._record(key, seconds)

@@ -31,6 +31,7 @@ from tardiff_jax.sampling.plan import GuidanceFn
 
 EVALUATE_ON = ("x0_hat", "x_t")
 INFLUENCE_VARIANTS = ("dot", "cosine")
+GATES = ("warn", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,15 @@ class GuidanceConfig:
   cache_batch_size: int = option(256, "Guidance examples per vmapped batch.")
   clip: float = option(0.0, "Max per-sample l2 norm of the guidance gradient J; 0 = off.")
   normalize_grad: bool = option(False, "Divide J by its per-sample l2 norm.")
+  gate: str = option("warn", "A guide classifier no better than chance on guidance-val (its "
+                             "AUROC interval includes 0.5): 'warn' (say so loudly, mark the "
+                             "guided methods and the verdict) or 'error' (stop the run).")
+  # On the simulator a GRU trained on permuted labels, early-stopped like the guide, ranks
+  # guidance-val cases at AUROC 0.40-0.78 (random features see abnormal vitals; early stopping
+  # picks a lucky epoch): beating 0.5 is not enough, the guide must beat label-free guides too.
+  gate_permutations: int = option(9, "Guides trained like the guide on permuted training labels "
+                                     "(the gate's label-free reference; 0 = compare with 0.5 "
+                                     "only).")
 
   def __post_init__(self):
     if self.variant not in INFLUENCE_VARIANTS:
@@ -77,6 +87,10 @@ class GuidanceConfig:
     if self.scale is not None and self.class_scales:
       raise ValueError("guidance.scale and guidance.class_scales are both set; set one (the "
                        "per-class scales replace the single one).")
+    if self.gate not in GATES:
+      raise ValueError(f"guidance.gate={self.gate!r}; expected one of {GATES}.")
+    if self.gate_permutations < 0:
+      raise ValueError(f"guidance.gate_permutations must be >= 0, got {self.gate_permutations}.")
     if self.scale is None and not self.class_scales and not self.scale_grid:
       raise ValueError("guidance.scale is None (choose w on evaluation-val) but "
                        "guidance.scale_grid is empty.")

@@ -12,9 +12,8 @@ Honesty: the functions here take training and validation arrays only; test data 
 (the threshold and the stopping epoch are chosen on validation).
 
 Members may train on different row subsets of one pool (`subsets`, e.g. every TSTR / TSRTR set
-of a method); an epoch is `epoch_size` minibatch positions for every member (default: the
-largest subset), smaller subsets cycling through fresh permutations of their rows.
-
+of a method) or labels (`labels`); an epoch is `epoch_size` minibatch positions for every member
+(default: the largest subset), smaller subsets cycling through fresh permutations of their rows.
 Static shapes: minibatches have a fixed size `min(batch_size, epoch_size)`; the last minibatch
 of an epoch is padded with zero-weight examples, so one compile serves every epoch.
 """
@@ -82,6 +81,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
                            config: TrainClassifierConfig, seeds: Sequence[int], *,
                            subsets: Sequence[np.ndarray] | None = None,
                            epoch_size: int | None = None, target: int | None = None,
+                           labels: Sequence[np.ndarray] | None = None,
                            name: str = "train_classifier", metrics_path: str | None = None,
                            quiet: bool = False) -> tuple[PyTree, list[dict[str, Any]]]:
   """Trains one classifier per member (seed), all members in one vmapped computation.
@@ -110,6 +110,8 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     epoch_size: minibatch positions per epoch (>= 1); None = the largest member's row count.
     target: the class whose one-vs-rest validation AUPRC stops training; None = class 1 of a
       binary task, the rarest training class otherwise (`tardiff_jax.data.target_class`).
+    labels: optional S int arrays [N]: member i learns the labels `labels[i]` of the pool's rows
+      instead of y_train (e.g. permuted labels, without copying x).
     name, metrics_path, quiet: progress output (one line per epoch; metrics.jsonl lines).
   Returns:
     (params, histories): the best-validation-AUPRC params of every member stacked on a leading
@@ -118,7 +120,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   seeds = [int(s) for s in seeds]
   if not seeds:
     raise ValueError("train_classifier: need at least one seed.")
-  if subsets is None and len(set(seeds)) != len(seeds):
+  if subsets is None and labels is None and len(set(seeds)) != len(seeds):
     raise ValueError(f"train_classifier: seeds must be distinct; got {seeds}.")
   if any(s < 0 for s in seeds):
     raise ValueError(f"train_classifier: seeds must be >= 0; got {seeds}.")
@@ -146,7 +148,14 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   steps = -(-n_epoch // batch)
   # Per member: its rows in the pool and their loss weights (class weights from its own rows).
   rows = [np.arange(n, dtype=np.int64) if sub is None else sub for sub in subsets]
-  member_w = [_example_weights(y_train[r], config.class_weighting) for r in rows]
+  if labels is not None:
+    labels = [check_series(x_train, lab, what="train_classifier: member labels")[1]
+              for lab in labels]
+    if len(labels) != s_count:
+      raise ValueError(f"train_classifier: got {len(labels)} label arrays for {s_count} seeds.")
+  member_y = [y_train if labels is None else labels[i] for i in range(s_count)]
+  member_w = [_example_weights(member_y[i][r], config.class_weighting)
+              for i, r in enumerate(rows)]
 
   fns = _make_fns(classifier, config.learning_rate, t, c, int(target))
   keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
@@ -182,8 +191,9 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     for k in range(num_chunks):
       sl = slice(k * CHUNK, (k + 1) * CHUNK)
       ib = idx[:, sl]  # [S, CHUNK, B]
-      state, loss_k = fns["epoch"](state, active_dev, jnp.asarray(x_train[ib]),
-                                   jnp.asarray(y_train[ib]),
+      yb = y_train[ib] if labels is None else np.stack([member_y[i][ib[i]]
+                                                        for i in range(s_count)])
+      state, loss_k = fns["epoch"](state, active_dev, jnp.asarray(x_train[ib]), jnp.asarray(yb),
                                    jnp.asarray(weights[:, sl] * valid[sl][None]))
       losses.append(np.asarray(loss_k)[:, : max(0, min(CHUNK, steps - k * CHUNK))])
     losses = np.concatenate(losses, axis=1)
