@@ -120,6 +120,7 @@ def _timing(exp: Experiment, syn: dict[str, SyntheticSet]) -> dict[str, float]:
           "train_diffusion_s": stage_seconds("timing", "train_diffusion"),
           "train_classifier_s": stage_seconds("timing", "train_classifier"),
           "cache_guidance_s": stage_seconds("guidance_cache", "cache"),
+          "guide_gate_s": stage_seconds("guide_quality", "guide_quality"),
           "select_scale_s": stage_seconds("selection", "scale_sweep"),
           "generate_s": gen_s, "samples_per_s": n / max(gen_s, 1e-9) if n else 0.0}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from typing import Any
 
 import jax
@@ -98,6 +99,7 @@ def assess_guide(cfg: ExperimentConfig, data: PreparedData, guide, store: Artifa
   stored = store.read_json(key)
   if stored is None:
     store.check_writable(key)
+    t0 = time.perf_counter()
     p = predict_proba(guide.classifier, guide.params, gv.x, target=target)
     losses = _losses(guide.classifier, guide.params, gv.x, gv.y)
     y = (gv.y == target).astype(np.int32)
@@ -110,7 +112,7 @@ def assess_guide(cfg: ExperimentConfig, data: PreparedData, guide, store: Artifa
     signal = metrics["auroc"]["lo"] > 0.5 and all(metrics["auroc"]["value"] > a for a in null)
     stored = GuideQuality(metrics, int(len(y)), int(y.sum()), target, norms, null,
                           bool(signal)).to_dict()
-    store.write_json(key, stored)
+    store.write_json(key, stored, seconds=time.perf_counter() - t0)
   fields = {f.name for f in dataclasses.fields(GuideQuality)}
   return GuideQuality(**{k: v for k, v in stored.items() if k in fields})
 
