@@ -10,7 +10,7 @@ import pytest
 
 from tardiff_jax.config import experiment_config, load_config
 from tardiff_jax.data import prepare_data
-from tardiff_jax.evaluation import report as rp
+from tardiff_jax.evaluation import report_markdown as rmd
 from tardiff_jax.experiment import gate, stages
 from tardiff_jax.experiment.store import ArtifactStore
 from tardiff_jax.experiment.workdir import Workdir
@@ -69,9 +69,9 @@ def test_a_guide_trained_on_shuffled_labels_trips_the_gate(default_setup, guides
   # The report marks the guided methods and does not compare them.
   rep = {"tstr": {m: {"auroc": 0.7, "auprc": 0.3} for m in ("real", "unguided", "tardiff")},
          "guide": {**q.to_dict(), "guided_methods": GUIDED}}
-  assert rp.verdict(rep).startswith("TarDiff vs unguided: not compared: no guidance")
-  assert rp._method_label("tardiff", rep) == "tardiff (no guidance signal)"  # noqa: SLF001
-  assert rp._method_label("unguided", rep) == "unguided"  # noqa: SLF001
+  assert rmd.verdict(rep).startswith("TarDiff vs unguided: not compared: no guidance")
+  assert rmd.method_label("tardiff", rep) == "tardiff (no guidance signal)"
+  assert rmd.method_label("unguided", rep) == "unguided"
   # With guidance.gate = "error" the run stops, saying what to try.
   strict = dataclasses.replace(cfg, guidance=dataclasses.replace(cfg.guidance, gate="error"))
   with pytest.raises(gate.NoGuidanceSignalError, match="no guidance signal(.|\n)*max_epochs"):

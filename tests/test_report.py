@@ -9,6 +9,7 @@ import math
 import pytest
 
 from tardiff_jax.evaluation import report as rp
+from tardiff_jax.evaluation import report_markdown as rmd
 
 METHODS = ["real", "unguided", "tardiff", "oversample"]
 
@@ -82,17 +83,17 @@ def test_non_finite_raises():
 
 def test_verdict_from_numbers():
   r = rp.build_report(**_inputs())
-  v = rp.verdict(r)
+  v = rmd.verdict(r)
   assert v.startswith("TarDiff vs unguided: TarDiff wins on TSTR AUPRC (0.380 vs 0.300")
   assert "95% of train-on-real" in v
   d = _inputs()
   d["tstr"]["tardiff"] = _entry(0.701, 0.301, 0.35)
-  assert "ties on TSTR AUPRC" in rp.verdict(rp.build_report(**d))
+  assert "ties on TSTR AUPRC" in rmd.verdict(rp.build_report(**d))
   d["tstr"]["tardiff"] = _entry(0.60, 0.20, 0.35)
-  assert "loses on TSTR AUPRC" in rp.verdict(rp.build_report(**d))
+  assert "loses on TSTR AUPRC" in rmd.verdict(rp.build_report(**d))
   d["methods"] = ["real", "unguided", "oversample"]
   d["tstr"].pop("tardiff")
-  assert "not available" in rp.verdict(rp.build_report(**d))
+  assert "not available" in rmd.verdict(rp.build_report(**d))
 
 
 def test_write_report(tmp_path):
