@@ -4,6 +4,7 @@ shortcut, of the dense time map against the grid convs and of the DFT amplitudes
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,8 +14,11 @@ from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
 from tardiff_jax.models.timesnet import (
   InceptionBlock,
   TimesNet,
+  TokenEmbedding,
   choose_impl,
   conv_matrix_indices,
+  inception_grid,
+  inception_unfold,
   period_amplitudes,
   timesnet_periods,
 )
@@ -31,10 +35,10 @@ def random_params(init, seed, scale=0.5):
   return jax.tree.map(lambda a: (scale * rng.randn(*a.shape)).astype(np.float32), shapes)
 
 
-def _tiny(t, c, periods, num_classes=2, real_init=False, **kw):
+def _tiny(t, c, periods, num_classes=2, real_init=False, impl="auto", **kw):
   cfg = ClassifierConfig(model="timesnet", num_classes=num_classes, T=t, C=c, periods=periods,
                          **{**TINY, **kw})
-  clf = make_classifier(cfg)
+  clf = make_classifier(cfg, impl)
   if real_init:
     return clf, clf.init(jax.random.key(0), t, c)
   return clf, random_params(clf.init, 0)
@@ -64,20 +68,60 @@ def test_shapes_and_batch_independence_dense(tiny24):
   assert logits.shape == (4, 1)
 
 
-def test_long_series_conv_path_equals_dense():
-  """T=100, periods 12 and 33 (grids 9x12 and 4x33, both zero-padded): "auto" picks the grid
-  convs (the former implementation); batch independence, and the same logits as the dense map."""
-  assert choose_impl(100, (12, 33), 4, 4, 2) == "conv"
+def test_long_series_unfold_path_equals_conv_and_dense():
+  """T=100, periods 12 and 33 (grids 9x12 and 4x33, both zero-padded): "auto" picks "unfold"
+  (the grid convs as row-wise matmuls); batch independence, and the same logits and parameter
+  gradients as the reference XLA convolutions ("conv") and the dense time map."""
+  assert choose_impl(100, (12, 33), 4, 4, 2) == "unfold"
   clf, params = _tiny(100, 3, (12, 33), num_classes=3)
   x = jax.random.normal(jax.random.key(1), (4, 100, 3))
   logits = _check_batch_independence(jax.jit(clf.logits_fn), params, x)
   assert logits.shape == (4, 3)
-  dense = TimesNet(num_outputs=3, periods=(12, 33), impl="dense", d_model=4, d_ff=4, e_layers=1,
+  y = jnp.array([0, 1, 2, 1])
+
+  def outputs(impl):
+    mod = TimesNet(num_outputs=3, periods=(12, 33), impl=impl, d_model=4, d_ff=4, e_layers=1,
                    num_kernels=2)
-  np.testing.assert_allclose(jax.jit(dense.apply)({"params": params}, x), logits, rtol=1e-4,
-                             atol=1e-5)
+    loss = lambda p: jnp.sum(jax.nn.log_softmax(mod.apply({"params": p}, x)) * jax.nn.one_hot(y, 3))
+    return jax.jit(lambda p: (mod.apply({"params": p}, x), jax.grad(loss)(p)))(params)
+
+  got = {impl: outputs(impl) for impl in ("unfold", "conv", "dense")}
+  np.testing.assert_allclose(got["unfold"][0], logits, rtol=1e-6, atol=1e-6)  # auto == unfold
+  for impl in ("conv", "dense"):
+    np.testing.assert_allclose(got[impl][0], logits, rtol=1e-4, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(got[impl][1]), jax.tree.leaves(got["unfold"][1])):
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
   with pytest.raises(ValueError, match="impl"):
     jax.eval_shape(TimesNet(num_outputs=3, periods=(12, 33), impl="fft").init, jax.random.key(9), x)
+
+
+def test_inception_unfold_equals_xla_conv():
+  """`inception_unfold` against `inception_grid` (XLA convolution) in float64 on grids that crop
+  the kernel in one direction, in both, and in neither."""
+  rng = np.random.RandomState(5)
+  with jax.enable_x64(True):
+    kernel, bias = rng.randn(5, 5, 3, 4), rng.randn(4)
+    for h, w in ((1, 8), (2, 2), (6, 7)):
+      x = rng.randn(2, h, w, 3)
+      np.testing.assert_allclose(inception_unfold(x, kernel, bias), inception_grid(x, kernel, bias),
+                                 rtol=1e-12, atol=1e-12)
+
+
+def test_token_embedding_matmul_equals_conv():
+  """The matmul token embedding (long series) equals the Conv1d with circular padding, and both
+  paths have `nn.Conv`'s parameter (name, shape, init) so checkpoints do not depend on T."""
+  x = jax.random.normal(jax.random.key(3), (2, 9, 3))
+  conv, mat = TokenEmbedding(5), TokenEmbedding(5, as_matmul=True)
+  params = conv.init(jax.random.key(4), x)
+  assert jax.tree.map(np.shape, params) == {"params": {"kernel": (3, 3, 5)}}
+  ref = nn.Conv(5, kernel_size=(3,), padding="VALID", use_bias=False,
+                kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"))
+  np.testing.assert_array_equal(params["params"]["kernel"],
+                                ref.init(jax.random.key(4), x)["params"]["kernel"])
+  xp = jnp.concatenate([x[:, -1:], x, x[:, :1]], axis=1)
+  want = ref.apply(params, xp)
+  np.testing.assert_allclose(conv.apply(params, x), want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(mat.apply(params, x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_periods_recovered_from_known_signal():
@@ -208,9 +252,12 @@ def check_derivatives(loss_fn, params32, x_shape, seed, h=1e-5, rtol=1e-5):
     assert abs(float(np.vdot(gx_jvp, vx))) > 1e-8  # not a vacuous zero
 
 
-def test_derivatives_match_finite_differences():
-  clf, params = _tiny(12, 2, (6, 4), d_model=4, d_ff=4, num_kernels=3)
+@pytest.mark.parametrize("impl", ["auto", "unfold"])
+def test_derivatives_match_finite_differences(impl):
+  """The dense map ("auto" at T=12) and the long-series matmul path ("unfold")."""
+  clf, params = _tiny(12, 2, (6, 4), d_model=4, d_ff=4, num_kernels=3, impl=impl)
   assert choose_impl(12, (6, 4), 4, 4, 3) == "dense"
+  assert clf.module.impl == impl
   check_derivatives(clf.loss_fn, params, (12, 2), 7)
 
 
@@ -220,3 +267,16 @@ def test_default_size_on_paper_lengths():
   mod = TimesNet(num_outputs=1, periods=periods)
   out = jax.eval_shape(lambda k: mod.init_with_output(k, jnp.asarray(x))[0], jax.random.key(0))
   assert out.shape == (8, 1)
+
+
+def test_batch_independence_at_eicu_length():
+  """T=288 (eICU's five-minute steps over a day), the periods of real-looking data: the long-series
+  path is chosen and a sample's logits do not depend on its batch mates."""
+  x = np.random.RandomState(4).randn(4, 288, 3).astype(np.float32)
+  x += np.sin(2 * np.pi * np.arange(288) / 24.0)[None, :, None]  # an hourly cycle of 24 steps
+  periods = timesnet_periods(x, 2)
+  assert 24 in periods
+  assert choose_impl(288, periods, 4, 4, 2) == "unfold"
+  clf, params = _tiny(288, 3, periods)
+  logits = _check_batch_independence(jax.jit(clf.logits_fn), params, jnp.asarray(x))
+  assert logits.shape == (4, 1)

@@ -166,12 +166,13 @@ class Classifier(NamedTuple):
   predict_proba: Callable[..., Array]
 
 
-def make_module(config: ClassifierConfig) -> nn.Module:
-  """The Flax module of a config."""
+def make_module(config: ClassifierConfig, impl: str = "auto") -> nn.Module:
+  """The Flax module of a config. `impl` is TimesNet's maths path ("auto", "dense", "unfold",
+  "conv": the same function, see `models.timesnet.choose_impl`); not part of the config."""
   if config.model == "timesnet":
     return TimesNet(num_outputs=config.num_outputs, periods=tuple(config.periods),
                     d_model=config.d_model, d_ff=config.d_ff, e_layers=config.e_layers,
-                    num_kernels=config.num_kernels, dropout=config.dropout)
+                    num_kernels=config.num_kernels, dropout=config.dropout, impl=impl)
   return GRUClassifier(num_outputs=config.num_outputs, hidden=config.gru_hidden,
                        num_layers=config.gru_num_layers)
 
@@ -198,9 +199,9 @@ def class_probability(logits: Float[Array, "B K"], target: int = 1) -> Float[Arr
   return jax.nn.softmax(logits, axis=-1)[:, target]
 
 
-def make_classifier(config: ClassifierConfig) -> Classifier:
-  """Builds the module and its pure functions; see `Classifier`."""
-  module = make_module(config)
+def make_classifier(config: ClassifierConfig, impl: str = "auto") -> Classifier:
+  """Builds the module and its pure functions; see `Classifier` (`impl`: see `make_module`)."""
+  module = make_module(config, impl)
   binary = config.num_classes == 2
   needs_rng = config.model == "timesnet" and config.dropout > 0.0
   jit_init = jax.jit(module.init)

@@ -23,7 +23,10 @@ by influence guidance).
 Speed (same maths): for short series (`choose_impl`, e.g. the default T=24) a TimesBlock's k
 period branches of both Inception convs are two dense maps over time gathered from the merged
 kernels, i.e. two matmuls, instead of XLA convolutions on tiny (cycles x phase) grids (those ran
-~10x slower; benchmarks/bench_timesnet_kernels.py). Long series keep the grid convs.
+~10x slower; benchmarks/bench_timesnet_kernels.py). Long series (e.g. eICU's T=288) fold each
+branch to its grid and run the convs as row-wise matmuls ("unfold"): XLA's CPU convolution
+gradients slow down by an order of magnitude inside `lax.scan` and under `vmap` over models
+(benchmarks/bench_long_series.py). The XLA convolution path ("conv") is kept as the reference.
 Parameter names and init are unchanged.
 
 A period p collects every frequency f in 1..T//2 with T // f == p (the library's period of f);
@@ -188,6 +191,32 @@ def inception_grid(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K Cin C
   return y + bias.astype(x.dtype)
 
 
+def inception_unfold(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K Cin Cout"],
+                     bias: Float[Array, " Cout"]) -> Float[Array, "B H W Cout"]:
+  """The same 'same' 2-D conv as `inception_grid`, as matmuls (no XLA convolution).
+
+  The grid is padded by the cropped kernel's reach, the (2rx+1) column shifts are unfolded into
+  the channel axis ([B, H + 2ry, W, (2rx+1) Cin]) and each of the (2ry+1) kernel rows is one
+  matmul of a row-shifted slice with that row's kernel [(2rx+1) Cin, Cout], accumulated. Same
+  multiply-adds as the conv, (2rx+1)x the input's memory. On XLA's CPU backend the gradients of
+  small-grid convolutions are pathologically slow inside `lax.scan` and under `vmap` over models
+  (benchmarks/bench_long_series.py); these matmuls are not.
+  """
+  _, h, w, cin = x.shape
+  c = kernel.shape[0] // 2
+  ry, rx = min(c, h - 1), min(c, w - 1)
+  kernel = kernel[c - ry:c + ry + 1, c - rx:c + rx + 1].astype(x.dtype)
+  cout = kernel.shape[-1]
+  xp = jnp.pad(x, ((0, 0), (ry, ry), (rx, rx), (0, 0)))
+  cols = jnp.concatenate([xp[:, :, j:j + w] for j in range(2 * rx + 1)], axis=-1)
+  y = None
+  for i in range(2 * ry + 1):
+    term = jnp.einsum("bhwc,co->bhwo", cols[:, i:i + h],
+                      kernel[i].reshape((2 * rx + 1) * cin, cout))
+    y = term if y is None else y + term
+  return y + bias.astype(x.dtype)
+
+
 def conv_matrix_indices(t: int, periods: Sequence[int], reach: int,
                         transpose: bool) -> np.ndarray:
   """Flat kernel indices that turn the grid convs of all periods into one dense time map.
@@ -245,8 +274,9 @@ def choose_impl(t: int, periods: Sequence[int], d_model: int, d_ff: int, num_ker
   """"dense" when the dense time map's multiply-adds are at most `conv_cost` times those of the
   cropped-kernel grid convs (XLA's CPU conv on these tiny grids ran ~3x slower per flop than the
   matmul: benchmarks/bench_timesnet_kernels.py) and each of its two matrices
-  (T * sum L_p * d_model * d_ff floats) is at most `max_dense`; "conv" otherwise (long series,
-  e.g. T=288)."""
+  (T * sum L_p * d_model * d_ff floats) is at most `max_dense`; "unfold" otherwise (long series,
+  e.g. T=288: the grid convs as row-wise matmuls, `inception_unfold`). "conv", the XLA
+  convolution, is never chosen: it is kept as the reference the others are tested against."""
   pairs, taps = 0, 0
   for p in periods:
     length = -(-t // p) * p
@@ -255,10 +285,10 @@ def choose_impl(t: int, periods: Sequence[int], d_model: int, d_ff: int, num_ker
     pairs += t * length
     taps += length * (2 * min(r, h - 1) + 1) * (2 * min(r, p - 1) + 1)
   dense_ok = pairs * d_model * d_ff <= max_dense
-  return "dense" if dense_ok and pairs <= conv_cost * taps else "conv"
+  return "dense" if dense_ok and pairs <= conv_cost * taps else "unfold"
 
 
-IMPLS = ("auto", "dense", "conv")
+IMPLS = ("auto", "dense", "unfold", "conv")
 
 
 class TimesBlock(nn.Module):
@@ -268,8 +298,10 @@ class TimesBlock(nn.Module):
   maps over time built from the merged kernels (`conv_matrix_indices`), so the block is two
   matmuls [B, T*D] x [T*D, sum L_p * d_ff] and [B, sum L_p * d_ff] x [sum L_p * d_ff, T*D] with
   the softmax branch weights applied in between (the second conv is linear, and the weights sum
-  to one, so the bias is added once). Identical maths to "conv", which folds each branch to its
-  grid and runs XLA convolutions (the former implementation; cheaper for long series).
+  to one, so the bias is added once). "unfold" (long series) folds each branch to its
+  (cycles x phase) grid and computes the Inception convs as row-wise matmuls
+  (`inception_unfold`). "conv" folds the same grids and runs XLA convolutions: the reference
+  implementation, same maths, but its gradients are very slow on CPU under `lax.scan`/`vmap`.
   """
 
   d_ff: int
@@ -302,17 +334,48 @@ class TimesBlock(nn.Module):
       cell_branch = np.repeat(np.arange(len(self.periods)), lengths)  # [sum L]
       h = h * weight[:, cell_branch, None]
       return jnp.einsum("bsf,stfd->btd", h, w2) + b2.astype(x.dtype) + x
+    if impl == "unfold":
+      k1, b1 = inc1.merged()
+      k2, b2 = inc2.merged()
+      conv1 = lambda g: inception_unfold(g, k1, b1)  # noqa: E731
+      conv2 = lambda g: inception_unfold(g, k2, b2)  # noqa: E731
+    else:  # Flax shares parameters across calls of one submodule, as the library shares its
+      conv1, conv2 = inc1, inc2  # `self.conv` across the k periods.
     branches = []
     for p in self.periods:
       length = -(-t // p) * p
       out = jnp.pad(x, ((0, 0), (0, length - t), (0, 0))) if length != t else x
       out = out.reshape(b, length // p, p, d)  # cycles x phase
-      # Flax shares parameters across calls of one submodule, as the library shares its
-      # `self.conv` across the k periods.
-      out = inc2(nn.gelu(inc1(out), approximate=False))
+      out = conv2(nn.gelu(conv1(out), approximate=False))
       branches.append(out.reshape(b, length, d)[:, :t])
     res = jnp.stack(branches, axis=-1)  # [B, T, D, k]
     return jnp.einsum("btdk,bk->btd", res, weight) + x
+
+
+class TokenEmbedding(nn.Module):
+  """Conv1d(C, d_model, kernel 3, circular padding, no bias), kaiming fan_in init, as the library.
+
+  The parameter is `kernel` [3, C, d_model], the same name, shape and init as `nn.Conv`'s.
+  as_matmul=False runs the XLA convolution; True stacks the three shifted copies of x on the
+  channel axis and does one matmul [B, T, 3C] x [3C, d_model] (same maths; the long-series path,
+  whose conv gradients are slow on CPU). x: [B, T, C] -> [B, T, d_model].
+  """
+
+  d_model: int
+  as_matmul: bool = False
+
+  @nn.compact
+  def __call__(self, x: Float[Array, "B T C"]) -> Float[Array, "B T D"]:
+    c = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
+                        (3, c, self.d_model)).astype(x.dtype)
+    xp = jnp.concatenate([x[:, -1:], x, x[:, :1]], axis=1)  # circular padding
+    if self.as_matmul:
+      t = x.shape[1]
+      cols = jnp.concatenate([xp[:, j:j + t] for j in range(3)], axis=-1)  # [B, T, 3C]
+      return cols @ kernel.reshape(3 * c, self.d_model)
+    return jax.lax.conv_general_dilated(xp, kernel, window_strides=(1,), padding="VALID",
+                                        dimension_numbers=("NWC", "WIO", "NWC"))
 
 
 class TimesNet(nn.Module):
@@ -330,7 +393,7 @@ class TimesNet(nn.Module):
   num_kernels: int = 6
   dropout: float = 0.1
   amp_eps: float = AMP_EPS
-  impl: str = "auto"  # TimesBlock maths path: "auto" (choose_impl), "dense" or "conv" (same).
+  impl: str = "auto"  # TimesBlock maths: "auto" (choose_impl), "dense", "unfold", "conv" (same).
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T C"], mask: Float[Array, "B T"] | None = None,
@@ -342,16 +405,16 @@ class TimesNet(nn.Module):
     b, t, _ = x.shape
     validate_periods(t, self.periods)
     # Token embedding: Conv1d(C, d_model, 3, circular padding, no bias), kaiming fan_in init.
-    xp = jnp.concatenate([x[:, -1:], x, x[:, :1]], axis=1)
-    h = nn.Conv(self.d_model, kernel_size=(3,), padding="VALID", use_bias=False,
-                kernel_init=nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-                name="token_embedding")(xp)
+    impl = self.impl
+    if impl == "auto":
+      impl = choose_impl(t, self.periods, self.d_model, self.d_ff, self.num_kernels)
+    h = TokenEmbedding(self.d_model, as_matmul=impl == "unfold", name="token_embedding")(x)
     h = h + jnp.asarray(sinusoidal_positions(t, self.d_model), h.dtype)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     norm = LayerNorm(epsilon=1e-5, name="layer_norm")  # shared by all blocks
     for i in range(self.e_layers):
       h = norm(TimesBlock(self.d_ff, self.num_kernels, tuple(self.periods), self.amp_eps,
-                          self.impl, name=f"block_{i}")(h))
+                          impl, name=f"block_{i}")(h))
     h = nn.gelu(h, approximate=False)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     if mask is not None:

@@ -240,14 +240,21 @@ CHUNK = 8  # Minibatches per compiled call (fixed, so compiled shapes never depe
 _FN_CACHE: dict[Any, dict[str, Any]] = {}
 
 
+def _classifier_id(classifier) -> tuple | None:
+  """What identifies a classifier's compiled functions: its config and its module's maths path
+  (TimesNet's `impl`); None for objects without a config (not cached)."""
+  cfg = getattr(classifier, "config", None)
+  return None if cfg is None else (cfg, getattr(getattr(classifier, "module", None), "impl", None))
+
+
 def _make_fns(classifier, learning_rate: float, t: int, c: int, target: int) -> dict[str, Any]:
   """The jitted, seed-vmapped pieces: init, one epoch (scan over minibatches), predict, keep.
 
-  Cached per (classifier config, learning rate, T, C, target) so repeated trainings of one
-  setting (seeds, TSRTR ratios) reuse the compiled functions.
+  Cached per (classifier config and maths path, learning rate, T, C, target) so repeated
+  trainings of one setting (seeds, TSRTR ratios) reuse the compiled functions.
   """
-  cfg = getattr(classifier, "config", None)
-  key = None if cfg is None else (cfg, float(learning_rate), int(t), int(c), int(target))
+  ident = _classifier_id(classifier)
+  key = None if ident is None else (ident, float(learning_rate), int(t), int(c), int(target))
   if key is not None and key in _FN_CACHE:
     return _FN_CACHE[key]
   fns = _build_fns(classifier, learning_rate, t, c, target)
@@ -363,8 +370,8 @@ _PROBA_CACHE: dict[Any, Any] = {}
 
 def _proba_fn(classifier, seeds_axis: bool, target: int = 1):
   """jit(P(y=target|x)) for one params pytree, or vmapped over seed-stacked params; cached."""
-  cfg = getattr(classifier, "config", None)
-  key = None if cfg is None else (cfg, seeds_axis, int(target))
+  ident = _classifier_id(classifier)
+  key = None if ident is None else (ident, seeds_axis, int(target))
   if key is not None and key in _PROBA_CACHE:
     return _PROBA_CACHE[key]
   one = lambda p, xb: class_probability(classifier.logits_fn(p, xb, train=False), target)
