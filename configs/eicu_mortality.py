@@ -24,8 +24,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.source = "file"  # A cohort written by `python -m tardiff_jax.data.extract` (README).
   c.data.path = "cohorts/eicu_mortality.npz"  # Relative path; or --config.data.path.
   # T = 288 five-minute steps: one more halving than the default U-Net (288 -> 144 -> 72 -> 36)
-  # and self-attention only at the coarsest level (36 positions), where it is cheap. Its speed on
-  # long series is not yet measured.
+  # and self-attention only at the coarsest level (36 positions), where it is cheap: at T = 288
+  # its training step ran 1.4x as fast as the default U-Net's, 4-8x slower per example than at
+  # T = 24 (benchmarks/results/bench_long_series.md).
   c.unet.channel_mult = (1, 2, 2, 2)  # Four levels, downsampling factors 1, 2, 4, 8.
   c.unet.attention_resolutions = (8,)  # Attention at factor 8 only (36 positions).
   return c
