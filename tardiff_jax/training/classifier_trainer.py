@@ -24,7 +24,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -240,11 +240,18 @@ CHUNK = 8  # Minibatches per compiled call (fixed, so compiled shapes never depe
 _FN_CACHE: dict[Any, dict[str, Any]] = {}
 
 
-def _classifier_id(classifier) -> tuple | None:
-  """What identifies a classifier's compiled functions: its config and its module's maths path
-  (TimesNet's `impl`); None for objects without a config (not cached)."""
+def _memo(cache: dict[Any, Any], limit: int, classifier, extra: tuple, build: Callable[[], Any]):
+  """`build()`, cached per (classifier config, its module's maths path: TimesNet's `impl`,
+  *extra) with at most `limit` entries (oldest dropped); objects without a config: not cached."""
   cfg = getattr(classifier, "config", None)
-  return None if cfg is None else (cfg, getattr(getattr(classifier, "module", None), "impl", None))
+  if cfg is None:
+    return build()
+  key = (cfg, getattr(getattr(classifier, "module", None), "impl", None), *extra)
+  if key not in cache:
+    if len(cache) >= limit:
+      cache.pop(next(iter(cache)))
+    cache[key] = build()
+  return cache[key]
 
 
 def _make_fns(classifier, learning_rate: float, t: int, c: int, target: int) -> dict[str, Any]:
@@ -253,16 +260,8 @@ def _make_fns(classifier, learning_rate: float, t: int, c: int, target: int) -> 
   Cached per (classifier config and maths path, learning rate, T, C, target) so repeated
   trainings of one setting (seeds, TSRTR ratios) reuse the compiled functions.
   """
-  ident = _classifier_id(classifier)
-  key = None if ident is None else (ident, float(learning_rate), int(t), int(c), int(target))
-  if key is not None and key in _FN_CACHE:
-    return _FN_CACHE[key]
-  fns = _build_fns(classifier, learning_rate, t, c, target)
-  if key is not None:
-    if len(_FN_CACHE) >= 8:
-      _FN_CACHE.pop(next(iter(_FN_CACHE)))
-    _FN_CACHE[key] = fns
-  return fns
+  return _memo(_FN_CACHE, 8, classifier, (float(learning_rate), int(t), int(c), int(target)),
+               lambda: _build_fns(classifier, learning_rate, t, c, target))
 
 
 def _build_fns(classifier, learning_rate: float, t: int, c: int, target: int) -> dict[str, Any]:
@@ -370,17 +369,9 @@ _PROBA_CACHE: dict[Any, Any] = {}
 
 def _proba_fn(classifier, seeds_axis: bool, target: int = 1):
   """jit(P(y=target|x)) for one params pytree, or vmapped over seed-stacked params; cached."""
-  ident = _classifier_id(classifier)
-  key = None if ident is None else (ident, seeds_axis, int(target))
-  if key is not None and key in _PROBA_CACHE:
-    return _PROBA_CACHE[key]
   one = lambda p, xb: class_probability(classifier.logits_fn(p, xb, train=False), target)
-  fn = jax.jit(jax.vmap(one, in_axes=(0, None)) if seeds_axis else one)
-  if key is not None:
-    if len(_PROBA_CACHE) >= 16:
-      _PROBA_CACHE.pop(next(iter(_PROBA_CACHE)))
-    _PROBA_CACHE[key] = fn
-  return fn
+  return _memo(_PROBA_CACHE, 16, classifier, (seeds_axis, int(target)),
+               lambda: jax.jit(jax.vmap(one, in_axes=(0, None)) if seeds_axis else one))
 
 
 def predict_proba(classifier, params: PyTree, x, batch_size: int = 1024,
