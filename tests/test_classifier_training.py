@@ -232,3 +232,24 @@ def test_member_labels_train_each_member_on_its_own_labels(data, clf):
   assert not np.allclose(p_both[1], p_plain, atol=1e-3)
   with pytest.raises(ValueError, match="label arrays"):
     ct.train_classifier_seeds(clf, xt, yt, xv, yv, TCFG, [0, 1], labels=[yt], quiet=True)
+
+
+def test_also_score_rescores_the_same_models(data):
+  """`also_score` scores the trained members on more splits: scoring the test split again
+  reproduces each seed's test AUROC / AUPRC; log-loss is that of the same probabilities."""
+  (xt, yt), (xv, yv), (xs, ys) = data
+  sets = [(xt[:115], yt[:115]), (xt[115:], yt[115:])]
+  plain = downstream.evaluate_fresh_group(sets, xv, yv, xs, ys, CFG, TCFG, seeds=[3, 4])
+  group = downstream.evaluate_fresh_group(sets, xv, yv, xs, ys, CFG, TCFG, seeds=[3, 4],
+                                          also_score={"again": (xs, ys), "val": (xv, yv)})
+  assert all("also" not in g for g in plain)
+  for g, p in zip(group, plain):
+    again = g["also"]["again"]
+    assert set(g["also"]) == {"again", "val"} and len(again["seeds"]) == 2
+    for k in ("auroc", "auprc"):
+      assert g[k] == pytest.approx(p[k], abs=1e-6)  # Scoring more splits changes nothing.
+      assert again[k] == pytest.approx(g[k], abs=1e-4)
+      for s, m in zip(g["seeds"], again["seeds"]):
+        assert m[k] == pytest.approx(s[k], abs=1e-4)
+    assert 0.0 < again["log_loss"] < 5.0
+    assert again["log_loss"] == pytest.approx(np.mean([m["log_loss"] for m in again["seeds"]]))

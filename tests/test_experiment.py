@@ -103,9 +103,15 @@ def test_pipeline_writes_report_plots_and_synthetic(tiny_run):
     np.testing.assert_array_equal(counts, train_counts)
     assert 20 < float(np.median(ds.x[..., 0])) < 200, m
     assert ds.channel_names[0] == "HR" and ds.class_names == ("survived", "died")
-  sweep = on_disk["extras"]["scale_sweep"]
-  assert [r["scale"] for r in sweep["rows"]] == list(cfg.guidance.scale_grid)
-  assert sweep["selected_scale"] == on_disk["extras"]["scales"]["tardiff"]
+  # Every guided method's w comes from the same evaluation-val sweep over the same grid.
+  sweeps = on_disk["extras"]["scale_sweeps"]
+  assert set(sweeps) == {"tardiff", "classifier", "batch"}
+  assert on_disk["extras"]["scale_sweep"] == sweeps["tardiff"]
+  for m, sweep in sweeps.items():
+    assert [r["scale"] for r in sweep["rows"]] == list(cfg.guidance.scale_grid)
+    assert sweep["selected_scale"] == on_disk["extras"]["scales"][m]
+    assert f"scale_sweep{'' if m == 'tardiff' else '_' + m}.png" in plots
+  assert "## Guidance scales" in md and "evaluation-val sweep" in md
   # Every artifact is in the manifest with its checksum.
   manifest = tio.read_json(os.path.join(wd, "manifest.json"))["artifacts"]
   kinds = {e["kind"] for e in manifest.values()}
@@ -115,11 +121,12 @@ def test_pipeline_writes_report_plots_and_synthetic(tiny_run):
     assert tio.file_sha256(os.path.join(wd, rel)) == e["sha256"], rel
 
 
-def test_report_matches_the_reference_written_before_the_restructure(tiny_run):
-  """Every number of report.json equals the one the pre-restructure pipeline wrote for the same
-  config (tests/data/tiny_report_reference.json): the restructure changed no result. Trained
-  models are reproducible bit for bit only on one software stack and CPU family, so another
-  stack skips with the reason."""
+def test_report_matches_the_stored_reference(tiny_run):
+  """Every number of report.json equals the stored reference for the same config
+  (tests/data/tiny_report_reference.json, its "about" says which change last rewrote it and
+  why): results change only on purpose (`python tests/data/write_tiny_reference.py "why"`).
+  Trained models are reproducible bit for bit only on one software stack and CPU family, so
+  another stack skips with the reason."""
   ref = tio.read_json(os.path.join(ROOT, "tests", "data", "tiny_report_reference.json"))
   env = ref["environment"]
   here = {p: version(p) for p in env["packages"]}

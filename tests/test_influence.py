@@ -315,6 +315,11 @@ def test_config_validation():
   assert cfg.variant == "cosine" and cfg.scale == 3.0 and not cfg.selects_scale
   assert guidance_lib.GuidanceConfig().selects_scale  # scale None: chosen on evaluation-val
   assert not guidance_lib.GuidanceConfig(class_scales=(1.0, 5.0)).selects_scale
+  # Every scale fixed: no grid needed; one unset scale (classifier guidance's) needs it.
+  fixed = {"scale": 1.0, "classifier_scale": 2.0, "batch_scale": 3.0, "scale_grid": ()}
+  assert from_mapping(guidance_lib.GuidanceConfig, fixed).classifier_scale == 2.0
+  with pytest.raises(ValueError, match="classifier_scale"):
+    from_mapping(guidance_lib.GuidanceConfig, {**fixed, "classifier_scale": None})
   for bad in ({"variant": "dott"}, {"variant": "classifier"}, {"evaluate_on": "x0"},
               {"evaluate_on": "x_t", "through_denoiser": True}, {"clip": -1.0},
               {"cache_batch_size": 0}, {"class_filter": "rare"}, {"unknown_field": 1},

@@ -72,6 +72,7 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
                          train_config: TrainClassifierConfig, seeds: Sequence[int], *,
                          minority: int | None = None, target: int | None = None,
                          refit_periods: bool = True, epoch_size: int | None = None,
+                         also_score: dict[str, tuple[Any, Any]] | None = None,
                          name: str = "evaluate_fresh",
                          quiet: bool = True) -> list[dict[str, Any]]:
   """`evaluate_fresh` for several training sets at once: one vmapped training of every
@@ -85,7 +86,10 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
   epoch is `epoch_size` minibatch positions for every member (default: the largest
   set); smaller sets draw from successive permutations of their rows. TimesNet members are
   grouped by their periods (static shapes): sets whose spectra give different periods train in
-  separate computations. Returns one `evaluate_fresh` result per set, in order.
+  separate computations. `also_score` ({name: (x, y)}) scores the same trained models on more
+  splits (e.g. a scale sweep scored on evaluation-val for the choice and on test for the record):
+  result["also"][name] = {"auroc", "auprc", "log_loss": means over seeds, "seeds": per seed}.
+  Returns one `evaluate_fresh` result per set, in order.
   """
   if not fit_sets:
     raise ValueError("evaluate_fresh: need at least one training set.")
@@ -141,7 +145,25 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
       results[j] = _summarise([hists[r] for r in rows], p_val[list(rows)], p_test[list(rows)],
                               y_val_m, y_test_m, minorities[j], cfg, sets[j][0].shape[0])
       results[j]["target_class"] = int(target)
+    for split, (xs, ys) in (also_score or {}).items():
+      xs, ys = check_series(xs, ys, what=f"evaluate_fresh: also_score[{split!r}]")
+      ys = np.asarray(ys) if binary else (np.asarray(ys) == target).astype(np.int32)
+      p = predict_proba(classifier, params, xs, train_config.eval_batch_size, stacked=True,
+                        target=target)
+      for i, j in enumerate(members):
+        per = [_ranking_metrics(ys, p[r]) for r in range(i * len(seeds), (i + 1) * len(seeds))]
+        results[j].setdefault("also", {})[split] = {
+            **{k: float(np.mean([m[k] for m in per])) for k in per[0]}, "seeds": per}
   return results
+
+
+def _ranking_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+  """AUROC, AUPRC and the mean log-loss of probabilities p[N] of the target class."""
+  q = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+  both = 0 < int(y.sum()) < y.size
+  return {"auroc": float(skm.roc_auc_score(y, q)) if both else float("nan"),
+          "auprc": float(skm.average_precision_score(y, q)) if both else float("nan"),
+          "log_loss": float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))}
 
 
 CURVE_GRID = np.linspace(0.0, 1.0, 101)

@@ -150,6 +150,7 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
 
   lines += _channel_tables(report.get("fidelity_channels"))
 
+  lines += _scales_section(report.get("extras") or {})
   lines += _guide_section(report.get("guide"), ds)
 
   lines += ["", "## Guidance gradient norms by class", "",
@@ -178,6 +179,27 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
     for note in ([notes] if isinstance(notes, str) else notes):
       lines.append(f"- {note}")
   return "\n".join(lines) + "\n"
+
+
+def _scales_section(extras: Mapping[str, Any]) -> list[str]:
+  """Each guided method's scale w: fixed in the config or chosen on evaluation-val (the sweep)."""
+  scales, sweeps = extras.get("scales") or {}, extras.get("scale_sweeps") or {}
+  if not scales:
+    return []
+  lines = ["", "## Guidance scales",
+           "Each guided method's w: chosen on evaluation-val (TSRTR alpha = 1 models early-stopped "
+           "on guidance-val, mean evaluation-val AUPRC over seeds; never test) or fixed in the "
+           "config.", "", "| method | w | chosen by | evaluation-val AUPRC over the grid |",
+           "|---|---|---|---|"]
+  for m, w in scales.items():
+    w_txt = ", ".join(f"{float(v):g}" for v in w) if isinstance(w, (list, tuple)) else f"{w:g}"
+    sweep = sweeps.get(m)
+    if sweep:
+      grid = "; ".join(f"w={float(r['scale']):g}: {float(r['auprc']):.3f}" for r in sweep["rows"])
+      lines.append(f"| {m} | {w_txt} | evaluation-val sweep | {grid} |")
+    else:
+      lines.append(f"| {m} | {w_txt} | config | - |")
+  return lines
 
 
 def _guide_section(guide: Mapping[str, Any] | None, ds: Mapping[str, Any]) -> list[str]:

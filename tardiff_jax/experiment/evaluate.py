@@ -121,7 +121,8 @@ def _timing(exp: Experiment, syn: dict[str, SyntheticSet]) -> dict[str, float]:
           "train_classifier_s": stage_seconds("timing", "train_classifier"),
           "cache_guidance_s": stage_seconds("guidance_cache", "cache"),
           "guide_gate_s": stage_seconds("guide_quality", "guide_quality"),
-          "select_scale_s": stage_seconds("selection", "scale_sweep"),
+          "select_scale_s": sum(stage_seconds("selection", n) for n in (
+              "scale_sweep", *(f"scale_sweep_{m}" for m in syn if m != "tardiff"))),
           "generate_s": gen_s, "samples_per_s": n / max(gen_s, 1e-9) if n else 0.0}
 
 
@@ -146,10 +147,13 @@ def _plots(exp: Experiment, syn: dict[str, SyntheticSet], tsrtr, tstr, grad_norm
   plots.plot_curves(wd.path(rel), curves, CURVE_GRID,
                     title=f"Test ROC and PR curves, TSRTR alpha={a} (mean over seeds)")
   out[f"Test ROC and PR curves (TSRTR alpha={a})"] = rel
-  if exp.config.guidance.selects_scale and "tardiff" in syn:
-    rel = os.path.join("plots", "scale_sweep.png")
-    plots.plot_scale_sweep(wd.path(rel), exp.selection.rows, selected=exp.selection.selected)
-    out["Guidance-scale sweep (evaluation-val)"] = rel
+  for m in syn:
+    if exp.selects_scale(m):
+      sel = exp.selection_for(m)
+      rel = os.path.join("plots", "scale_sweep.png" if m == "tardiff" else
+                         f"scale_sweep_{m}.png")
+      plots.plot_scale_sweep(wd.path(rel), sel.rows, selected=sel.selected)
+      out[f"Guidance-scale sweep of {m} (evaluation-val)"] = rel
   if grad_norms:
     rel = os.path.join("plots", "grad_norms.png")
     plots.plot_grad_norms(wd.path(rel), grad_norms)
@@ -213,8 +217,11 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
       "target_class": d.target_class,
       "scales": {m: syn[m].scale for m in methods if syn[m].scale is not None},
       "notes": _notes(exp)}
-  if cfg.guidance.selects_scale and "tardiff" in methods:
-    extras["scale_sweep"] = exp.selection.to_dict()
+  sweeps = {m: exp.selection_for(m).to_dict() for m in methods if exp.selects_scale(m)}
+  if sweeps:
+    extras["scale_sweeps"] = sweeps  # Every guided method whose w was chosen on evaluation-val.
+  if "tardiff" in sweeps:
+    extras["scale_sweep"] = sweeps["tardiff"]
   keys = ("name", "n_train", "n_val", "n_test", "T", "C", "prevalence_train", "oracle_auroc",
           "oracle_auprc", "label", "n_guide_val", "n_eval_val")
   rep = report.build_report(

@@ -86,6 +86,7 @@ class Experiment:
     self.store = ArtifactStore(self.workdir.root, readonly=readonly)
     self._samplers: dict[Any, Any] = {}
     self._synthetic: dict[tuple[str, Any], SyntheticSet] = {}
+    self._selections: dict[str, Any] = {}
 
   def close(self) -> None:
     self.workdir.release()
@@ -154,28 +155,42 @@ class Experiment:
 
   # ------------------------------------------------------------------ methods
   def scale(self, method: str) -> Any:
-    """The w a guided method samples with: TarDiff's per-class scales, its fixed scale, or the
-    one chosen on evaluation-val; other methods' `guidance.<method>_scale`."""
+    """The w a guided method samples with: TarDiff's per-class scales, the method's fixed scale
+    (`guidance.scale`, `guidance.<method>_scale`), or the one chosen on evaluation-val when that
+    field is None (every guided method: the same procedure and grid)."""
     m = get_method(method)
     if not isinstance(m, DiffusionMethod) or not m.guided:
       return None
     g = self.config.guidance
-    if m.scale_field == "scale":
-      if g.class_scales:
-        if len(g.class_scales) != self.data.num_classes:
-          raise ValueError(f"guidance.class_scales has {len(g.class_scales)} entries for "
-                           f"{self.data.num_classes} classes.")
-        return tuple(g.class_scales)
-      if g.scale is not None:
-        return float(g.scale)
-      return float(self.selection.selected)
-    return float(getattr(g, m.scale_field))
+    if m.scale_field == "scale" and g.class_scales:
+      if len(g.class_scales) != self.data.num_classes:
+        raise ValueError(f"guidance.class_scales has {len(g.class_scales)} entries for "
+                         f"{self.data.num_classes} classes.")
+      return tuple(g.class_scales)
+    fixed = getattr(g, m.scale_field)
+    if fixed is not None:
+      return float(fixed)
+    return float(self.selection_for(method).selected)
 
-  @functools.cached_property
+  def selects_scale(self, method: str) -> bool:
+    """Whether `method`'s w is chosen on evaluation-val (a guided method whose scale is unset)."""
+    m = get_method(method)
+    if not isinstance(m, DiffusionMethod) or not m.guided:
+      return False
+    g = self.config.guidance
+    return getattr(g, m.scale_field) is None and not (m.scale_field == "scale" and g.class_scales)
+
+  def selection_for(self, method: str):
+    """`method`'s scale sweep on evaluation-val (`selection.ScaleSelection`), run once."""
+    from tardiff_jax.experiment.selection import select_scale  # noqa: PLC0415 (import cycle)
+    if method not in self._selections:
+      self._selections[method] = select_scale(self, method)
+    return self._selections[method]
+
+  @property
   def selection(self):
     """TarDiff's scale sweep on evaluation-val (`selection.ScaleSelection`)."""
-    from tardiff_jax.experiment.selection import select_scale  # noqa: PLC0415 (import cycle)
-    return select_scale(self)
+    return self.selection_for("tardiff")
 
   def sampler(self, method: str):
     """The jitted sampler of a diffusion method (one per guidance score; the scale travels in
@@ -232,6 +247,12 @@ class Experiment:
     memo = (method, scale)
     if memo in self._synthetic:
       return self._synthetic[memo]
+    if m.guided and np.all(np.asarray(scale, np.float64) == 0.0):
+      # w = 0 adds 0 * J to every step: the unguided set bit for bit (common sampling key), so
+      # it is drawn (and stored) once, as the unguided set.
+      syn = dataclasses.replace(self.synthetic("unguided"), method=method, scale=scale)
+      self._synthetic[memo] = syn
+      return syn
     key = self.store.key("synthetic", method, self.synthetic_settings(method, scale), "npz")
     arrays = self.store.read_arrays(key)
     if arrays is not None:
@@ -295,18 +316,23 @@ class Experiment:
     return x, y, ident, n
 
   def protocol_group(self, fits: dict[str, tuple[np.ndarray, np.ndarray, str]], val: str,
-                     test: str, label: str) -> dict[str, dict[str, Any]]:
+                     test: str, label: str, also: tuple[str, ...] = ()
+                     ) -> dict[str, dict[str, Any]]:
     """Fresh downstream models on each named training set (x, y, identity), trained as one
     vmapped group (every set x every seed), early-stopped on split `val` and scored on split
     `test`; each setting's result is an artifact. A group whose results are all stored is read
     back; otherwise the whole group trains again (a member's result does not depend on its
-    group), so an interrupted evaluation resumes with the same numbers."""
+    group), so an interrupted evaluation resumes with the same numbers. `also` names more splits
+    the same models are scored on (result["also"][split]: AUROC, AUPRC, log-loss; see
+    `evaluate_fresh_group`)."""
     ecfg, data = self.config.evaluation, self.data
     spec = stages.classifier_spec(self.config, data, ecfg.downstream)
     common = {"val": data.fingerprint(val), "test": data.fingerprint(test),
               "model": spec.to_dict(), "train": dataclasses.asdict(self.config.train_classifier),
               "seeds": self.protocol_seeds, "epoch_size": self.epoch_size,
               "target": data.target_class}
+    if also:
+      common["also"] = {s: data.fingerprint(s) for s in also}
     keys = {n: self.store.key("protocol", n, {**common, "fit": ident})
             for n, (_, _, ident) in fits.items()}
     stored = {n: self.store.read_json(k) for n, k in keys.items()}
@@ -318,6 +344,8 @@ class Experiment:
     results = evaluate_fresh_group([(x, y) for x, y, _ in fits.values()], vs.x, vs.y, ts.x, ts.y,
                                    spec, self.config.train_classifier, self.protocol_seeds,
                                    target=data.target_class, epoch_size=self.epoch_size,
+                                   also_score={s: (getattr(data, s).x, getattr(data, s).y)
+                                               for s in also},
                                    name=label, quiet=self.quiet)
     seconds = time.perf_counter() - t0
     out = {}

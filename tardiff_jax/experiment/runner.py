@@ -34,9 +34,11 @@ def run_pipeline(exp: Experiment) -> dict[str, Any]:
   if any(get_method(m).guided for m in methods):
     exp.log("stage cache_guidance")
     _ = exp.guidance_cache
-  if "tardiff" in methods and exp.config.guidance.selects_scale:
-    exp.log("stage select_scale")
-    _ = exp.selection
+  selecting = [m for m in methods if exp.selects_scale(m)]
+  if selecting:
+    exp.log(f"stage select_scale ({', '.join(selecting)})")
+    for m in selecting:
+      _ = exp.selection_for(m)
   exp.log("stage generate")
   generate_methods(exp)
   exp.log("stage evaluate")

@@ -1,11 +1,14 @@
-"""Choosing TarDiff's guidance scale w on validation (paper Section 4.6), never on test.
+"""Choosing each guided method's scale w on validation (paper Section 4.6), never on test.
 
-For each w of `guidance.scale_grid` the tardiff set is drawn (with the common sampling key, so
-w = 0 is the unguided set), mixed into real train at alpha = 1 (TSRTR), and fresh downstream
-models (one vmapped group over every w and seed) early-stop on guidance-val and are scored on
-evaluation-val; w maximises evaluation-val AUPRC (ties: the smaller |w|). The sweep also
-records each w's mean influence of the drawn samples on the guidance set, which should rise with
-w (paper Fig. 3). The selected w's samples are the tardiff set itself (same key, same artifact).
+Every guided method (TarDiff, classifier guidance, batch guidance) whose scale is not fixed in
+the config gets it from the same procedure and grid (`guidance.scale_grid`): for each w the
+method's set is drawn (with the common sampling key, so w = 0 is the unguided set), mixed into
+real train at alpha = 1 (TSRTR), and fresh downstream models (one vmapped group over every w and
+seed, with the same inits and minibatch order for every w: common random numbers) early-stop on
+guidance-val and are scored on evaluation-val; w maximises the evaluation-val AUPRC averaged over
+the seeds (ties: the smaller |w|; `choose_scale`). The sweep also records each w's mean
+influence of the drawn samples on the guidance set, which should rise with w for TarDiff (paper
+Fig. 3). The selected w's samples are the method's set itself (same key, same artifact).
 """
 
 from __future__ import annotations
@@ -51,14 +54,22 @@ def _mean_influence(exp, x: np.ndarray, y: np.ndarray) -> np.ndarray:
                          for i in range(0, len(y), 512)])
 
 
-def select_scale(exp) -> ScaleSelection:
-  """The sweep of `exp` (an `Experiment`), computed once and stored (`Experiment.selection`
-  keeps it for the run)."""
+def choose_scale(rows: list[dict[str, Any]], criterion: str = "auprc") -> float:
+  """The scale of the best row: the largest mean `criterion` ("auprc", "auroc"; "log_loss" is
+  minimised), ties broken towards the smaller |w|."""
+  sign = -1.0 if criterion == "log_loss" else 1.0
+  return float(max(rows, key=lambda r: (sign * r[criterion], -abs(r["scale"])))["scale"])
+
+
+def select_scale(exp, method: str = "tardiff") -> ScaleSelection:
+  """The sweep of `method` in `exp` (an `Experiment`), computed once and stored
+  (`Experiment.selection_for` keeps it for the run)."""
   grid = tuple(float(w) for w in exp.config.guidance.scale_grid)
-  base = exp.synthetic_settings("tardiff", None)
+  base = exp.synthetic_settings(method, None)
   base.pop("scale")
-  key = exp.store.key("selection", "scale_sweep",
-                      {"grid": list(grid), "tardiff": settings_digest(base),
+  name = "scale_sweep" if method == "tardiff" else f"scale_sweep_{method}"
+  key = exp.store.key("selection", name,
+                      {"grid": list(grid), method: settings_digest(base),
                        "criterion": CRITERION, "seeds": exp.protocol_seeds,
                        "epoch_size": exp.epoch_size,
                        "evaluation": {"downstream": exp.config.evaluation.downstream},
@@ -74,13 +85,13 @@ def select_scale(exp) -> ScaleSelection:
     t0 = time.perf_counter()
     drawn, fits, infl = {}, {}, {}
     for w in grid:
-      syn = exp.synthetic("tardiff", scale=w)
+      syn = exp.synthetic(method, scale=w)
       drawn[w] = syn
       infl[w] = _mean_influence(exp, syn.x, syn.y)
       x, y, ident, _ = exp.mix(syn, 1.0)
       fits[f"sweep_w{w:g}"] = (x, y, ident)
     # The fresh TSRTR models early-stop on guidance-val and are scored on evaluation-val.
-    res_all = exp.protocol_group(fits, "guide_val", "eval_val", "select_scale")
+    res_all = exp.protocol_group(fits, "guide_val", "eval_val", f"select_scale_{method}")
     rows = []
     for w in grid:
       res, y = res_all[f"sweep_w{w:g}"], drawn[w].y
@@ -89,15 +100,14 @@ def select_scale(exp) -> ScaleSelection:
                    "mean_influence": float(np.mean(infl[w])),
                    "mean_influence_by_class": {str(c): float(np.mean(infl[w][y == c]))
                                                for c in np.unique(y)}})
-      exp.log(f"select_scale: w={w:g} eval-val AUPRC {res['auprc']:.3f} AUROC "
+      exp.log(f"select_scale: {method} w={w:g} eval-val AUPRC {res['auprc']:.3f} AUROC "
               f"{res['auroc']:.3f} mean influence {np.mean(infl[w]):.4g}")
     signal = exp.guide_quality.signal
     if not signal:
       exp.log("select_scale: no guidance signal (the guide is no better than chance): the "
               "guided samples of this sweep follow a guide that has learned nothing")
-    best = max(rows, key=lambda r: (r["auprc"], -abs(r["scale"])))
-    sel = ScaleSelection(float(best["scale"]), rows, grid, CRITERION, time.perf_counter() - t0,
+    sel = ScaleSelection(choose_scale(rows), rows, grid, CRITERION, time.perf_counter() - t0,
                          signal)
     exp.store.write_json(key, sel.to_dict(), seconds=sel.seconds)
-    exp.log(f"select_scale: selected w = {sel.selected:g}")
+    exp.log(f"select_scale: {method}: selected w = {sel.selected:g}")
   return sel

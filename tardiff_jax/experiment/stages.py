@@ -48,7 +48,9 @@ from tardiff_jax.training.diffusion_trainer import (
 )
 
 STATS_DRAWS = 2  # Noise draws per training stay for the sampler's gamma and x0 calibration.
-GUIDE_STOP_SPLIT = "val"  # The split the guidance classifier early-stops on.
+# The split the guidance classifier early-stops on: guidance-val only. Evaluation-val, which picks
+# the guidance scales, must not shape the guide (tests/test_experiment.py poisons it to check).
+GUIDE_STOP_SPLIT = "guide_val"
 
 
 def log(msg: str) -> None:
@@ -179,7 +181,7 @@ def classifier_spec(cfg: ExperimentConfig, data: PreparedData,
 def train_guide(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
                 store: ArtifactStore, *, retrain: bool = False, readonly: bool = False,
                 quiet: bool = False) -> TrainedGuide:
-  """Trains (or reloads) the guidance classifier on train, early-stopping on validation."""
+  """Trains (or reloads) the guidance classifier on train, early-stopping on guidance-val."""
   classifier = make_classifier(classifier_spec(cfg, data))
   extra = {"data": {"train": data.fingerprint("train"),
                     "val": data.fingerprint(GUIDE_STOP_SPLIT)},

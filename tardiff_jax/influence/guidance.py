@@ -44,12 +44,15 @@ class GuidanceConfig:
   # by ~0.5 SD RMS, w = 100 by ~2.8 SD, w = 1000 by ~22 SD (samples destroyed).
   scale: float | None = option(None, "tardiff's w; None = chosen on evaluation-val AUPRC over "
                                      "scale_grid (never test).")
-  scale_grid: tuple[float, ...] = option((0.0, 3.0, 10.0, 30.0), "Candidate w when scale is "
-                                                                 "None.")
+  scale_grid: tuple[float, ...] = option((0.0, 1.0, 2.0, 3.0, 5.0, 10.0), "Candidate w of every "
+                                         "guided method whose scale is None (one grid, one "
+                                         "procedure for all).")
   class_scales: tuple[float, ...] = option((), "Per-class w of tardiff (one per label); "
                                                "() = use scale.")
-  classifier_scale: float = option(1.0, "w of classifier guidance (grad log p(y|x)).")
-  batch_scale: float = option(1.0, "w of the reference code's batch-normalised guidance.")
+  classifier_scale: float | None = option(None, "w of classifier guidance (grad log p(y|x)); "
+                                                "None = chosen on evaluation-val like scale.")
+  batch_scale: float | None = option(None, "w of the reference code's batch-normalised "
+                                           "guidance; None = chosen on evaluation-val.")
   evaluate_on: str = option("x0_hat", "Where the guide reads the sample: 'x0_hat' or 'x_t'.")
   through_denoiser: bool = option(False, "Differentiate through x0_hat(x_t).")
   class_filter: str = option("all", "G over 'all', 'minority' or 'majority' guidance samples.")
@@ -91,8 +94,11 @@ class GuidanceConfig:
       raise ValueError(f"guidance.gate={self.gate!r}; expected one of {GATES}.")
     if self.gate_permutations < 0:
       raise ValueError(f"guidance.gate_permutations must be >= 0, got {self.gate_permutations}.")
-    if self.scale is None and not self.class_scales and not self.scale_grid:
-      raise ValueError("guidance.scale is None (choose w on evaluation-val) but "
+    unset = [n for n in ("classifier_scale", "batch_scale") if getattr(self, n) is None]
+    if self.scale is None and not self.class_scales:
+      unset.append("scale")
+    if unset and not self.scale_grid:
+      raise ValueError(f"guidance.{unset[0]} is None (choose w on evaluation-val) but "
                        "guidance.scale_grid is empty.")
 
   @property

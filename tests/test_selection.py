@@ -1,0 +1,65 @@
+"""Choosing guidance scales on evaluation-val: the rule, and what the choice may not see.
+
+The guide classifier early-stops on guidance-val only; evaluation-val (which picks every guided
+method's w) must not shape it. A run whose evaluation-val (and the full validation split that
+holds it) is poisoned must train the identical guide."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from tardiff_jax.config import load_config
+from tardiff_jax.experiment import Experiment, stages
+from tardiff_jax.experiment.selection import choose_scale
+
+
+def test_choose_scale_criteria_and_ties():
+  rows = [{"scale": 0.0, "auprc": 0.30, "auroc": 0.80, "log_loss": 0.20},
+          {"scale": 3.0, "auprc": 0.35, "auroc": 0.79, "log_loss": 0.22},
+          {"scale": -1.0, "auprc": 0.35, "auroc": 0.81, "log_loss": 0.21},
+          {"scale": 5.0, "auprc": 0.33, "auroc": 0.81, "log_loss": 0.19}]
+  assert choose_scale(rows) == -1.0  # AUPRC tie between 3 and -1: the smaller |w|.
+  assert choose_scale(rows, "auroc") == -1.0  # AUROC tie between -1 and 5: the smaller |w|.
+  assert choose_scale(rows, "log_loss") == 5.0  # Log-loss is minimised.
+  assert choose_scale([dict(r, auprc=0.3) for r in rows]) == 0.0
+
+
+def _poisoned(data):
+  """Evaluation-val with shuffled labels and noise for series; validation likewise (it holds
+  evaluation-val); guidance-val and train untouched."""
+  rng = np.random.default_rng(0)
+  def spoil(ds):
+    return dataclasses.replace(ds, y=rng.permutation(ds.y).astype(ds.y.dtype),
+                               x=rng.normal(size=ds.x.shape).astype(ds.x.dtype))
+  return dataclasses.replace(data, eval_val=spoil(data.eval_val), val=spoil(data.val))
+
+
+def _guide(cfg, workdir, poison):
+  with Experiment(cfg, workdir, quiet=True) as exp:
+    data = exp.data
+    if poison:
+      exp.__dict__["data"] = _poisoned(data)
+      assert exp.data.fingerprint("eval_val") != data.fingerprint("eval_val")
+    return exp.guide
+
+
+@pytest.fixture(scope="module")
+def cfg():
+  c = load_config("tiny")
+  c.train_classifier.max_epochs = 4  # Enough epochs for early stopping to choose among.
+  c.train_classifier.patience = 2
+  return c
+
+
+def test_guide_never_sees_evaluation_val(cfg, tmp_path, monkeypatch):
+  clean = _guide(cfg, str(tmp_path / "clean"), poison=False)
+  poisoned = _guide(cfg, str(tmp_path / "poisoned"), poison=True)
+  assert poisoned.identity == clean.identity
+  assert poisoned.history["best_epoch"] == clean.history["best_epoch"]
+  jax.tree_util.tree_map(np.testing.assert_array_equal, poisoned.params, clean.params)
+  # The check bites: a guide early-stopping on the whole validation split sees the poison.
+  monkeypatch.setattr(stages, "GUIDE_STOP_SPLIT", "val")
+  leaky = _guide(cfg, str(tmp_path / "leaky"), poison=True)
+  assert leaky.identity != clean.identity
