@@ -1,202 +1,331 @@
-"""Utility of every method over several data seeds: the pipeline on several simulated cohorts,
-TSTR and TSRTR per method, and whether TarDiff beats unguided sampling and real data alone.
+"""Does influence guidance help? Paired comparisons over simulated cohorts in two regimes.
 
-  python benchmarks/utility.py [--seeds 0,1,2] [--root runs/utility] [--config configs/default.py]
-                               [--workdir SEED=DIR ...] [--tag simulator]
+  python benchmarks/utility.py [--cohorts 5] [--regimes default,scarce] [--root runs/utility]
+                               [--variants tardiff,classifier] [--out benchmarks/results]
 
-For each data seed k the full pipeline runs in ROOT/seed{k} with `data.simulator.seed = k` and
-`data.split_seed = k` (a new simulated cohort and split; model seeds unchanged), or an existing
-finished workdir is used (`--workdir 0=runs/d1`; its config must have that data seed). Runs are
-resumable: a finished workdir is only read. The script then reads every report.json and writes
-benchmarks/results/utility_{TAG}.{json,md}: per method, TSTR and TSRTR (every ratio)
-AUROC / AUPRC / minority F1 as the mean over data seeds (each value already a mean over the
-report's model seeds) with the spread over data seeds, next to the simulator's oracle, and a
-plain verdict per comparison: TarDiff vs unguided and vs real-only, paired by data seed.
+Regimes (the ICU simulator of `configs/default.py`, 10,000 stays, 20% validation):
+  default  70% test -> 1,000 training stays, ~8% positive (the default pipeline's cohort);
+  scarce   76% test, prevalence 3% -> ~400 training stays with a dozen positives, where
+           augmentation should matter most (diffusion trained 1,000 steps: the same 160 epochs).
+
+Per cohort k (`data.simulator.seed = data.split_seed = k`; model seeds unchanged) one diffusion
+model, one guide (early-stopped on guidance-val) and one guidance cache are trained and shared by
+every variant; nothing is retrained per variant. Every guided method's set is drawn at each w of
+`guidance.scale_grid` with the common sampling key (w = 0 is the unguided set).
+
+1. Selection (the pipeline's procedure): TSRTR alpha = 1 models for every (method, w) and TRTR,
+   one vmapped group with the same inits for every set, early-stopped on guidance-val, scored
+   on evaluation-val (which chooses w) and, for the record only, on test (which w would have
+   been best: the selection regret of each criterion, evaluation-val AUPRC, AUROC, log-loss).
+2. Final numbers: at each method's chosen w (evaluation-val AUPRC), TSRTR alpha = 1 and TSTR
+   models early-stopped on validation and scored on test, as the pipeline's report does.
+
+Paired differences per cohort with a 95% t-interval over cohorts, for TSRTR alpha = 1 and TSTR
+AUPRC, AUROC and minority F1. Resumable: every finished cohort is kept in the results JSON
+(written after each cohort, regimes interleaved) and in its workdir's artifact store, so a rerun
+continues where a killed one stopped. Writes OUT/utility_simulator.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
+from typing import Any
 
+import jax
 import numpy as np
+from scipy import stats
 
 from tardiff_jax import io as tio
-from tardiff_jax.config import ConfigError, experiment_config
+from tardiff_jax.config import load_config
+from tardiff_jax.experiment import Experiment
+from tardiff_jax.experiment.selection import choose_scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRICS = ("auroc", "auprc", "minority_f1")
+# Compared variants: a guided method and the config switches that make it (see GuidanceConfig).
+VARIANTS = {
+    "tardiff": ("tardiff", {}),
+    "classifier": ("classifier", {}),
+    "batch": ("batch", {}),
+    "tardiff_cb": ("tardiff", {"guidance.class_balance": True}),
+    "classifier_cb": ("classifier", {"guidance.class_balance": True}),
+}
+REGIMES = {
+    "default": {},
+    "scarce": {"data.simulator.prevalence": 0.03, "data.simulator.test_fraction": 0.76},
+}
+# The scarce regime's training set is 0.4x the default's: its diffusion model trains 0.4x the
+# optimiser steps (the same number of epochs).
+STEP_FACTOR = {"default": 1.0, "scarce": 0.4}
+CRITERIA = ("auprc", "auroc", "log_loss")
+METRICS = ("auprc", "auroc", "minority_f1")
+COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classifier"),
+               ("classifier", "unguided"), ("unguided", "real"), ("tardiff_cb", "unguided"),
+               ("tardiff_cb", "tardiff"), ("classifier_cb", "classifier"),
+               ("batch", "unguided"))
 
 
-def run_seed(seed: int, workdir: str, config: str, log_dir: str) -> float:
-  """Runs (or resumes) the pipeline for one data seed; returns wall seconds of this call."""
-  cmd = [sys.executable, "-m", "tardiff_jax.main", f"--config={config}", f"--workdir={workdir}",
-         f"--config.data.simulator.seed={seed}", f"--config.data.split_seed={seed}"]
-  os.makedirs(log_dir, exist_ok=True)
+def cohort_config(config: str, regime: str, seed: int, variant: str | None = None):
+  c = load_config(config)
+  f = STEP_FACTOR[regime]
+  c.train_diffusion.num_steps = max(1, round(f * c.train_diffusion.num_steps))
+  c.train_diffusion.warmup_steps = round(f * c.train_diffusion.warmup_steps)
+  overrides = {"data.simulator.seed": seed, "data.split_seed": seed,
+               "guidance.gate_permutations": 0,  # The gate's permuted guides: not needed here.
+               "evaluation.methods": ("unguided", "tardiff", "classifier", "batch"),
+               **REGIMES[regime], **(VARIANTS[variant][1] if variant else {})}
+  for path, value in overrides.items():
+    *parents, leaf = path.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def _ranking(res: dict[str, Any], split: str) -> dict[str, float]:
+  return {k: res["also"][split][k] for k in CRITERIA}
+
+
+def run_cohort(config: str, regime: str, seed: int, root: str,
+               variants: tuple[str, ...]) -> dict[str, Any]:
+  """One cohort: shared models, the sweep group (selection + regret), the final group."""
   t0 = time.perf_counter()
-  with open(os.path.join(log_dir, f"utility_seed{seed}.log"), "w") as log:
-    print(f"[utility] seed {seed}: {' '.join(cmd)}", flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-  return time.perf_counter() - t0
+  workdir = os.path.join(root, regime, f"seed{seed}")
+  drawn = {}
+  for v in variants:  # A variant's config switches change only its guided sets.
+    with Experiment(cohort_config(config, regime, seed, v), workdir, quiet=True) as e:
+      grid = tuple(float(w) for w in e.config.guidance.scale_grid)
+      for w in grid:
+        if w != 0.0:
+          drawn[v, w] = e.synthetic(VARIANTS[v][0], scale=w)
+  with Experiment(cohort_config(config, regime, seed), workdir, quiet=True) as exp:
+    d = exp.data
+    real = (d.train.x, d.train.y, d.fingerprint("train"))
+    unguided = exp.synthetic("unguided")
+    fits = {"trtr": real, "unguided": exp.mix(unguided, 1.0)[:3]}
+    for (v, w), syn in drawn.items():
+      fits[f"{v}_w{w:g}"] = exp.mix(syn, 1.0)[:3]
+    t_models = time.perf_counter() - t0
+    sweep = exp.protocol_group(fits, "guide_val", "eval_val", "utility_sweep",
+                               also=("eval_val", "test"))
+    rows, selected, test_best = {}, {}, {}
+    for m in variants:
+      rows[m] = []
+      for w in grid:
+        res = sweep["unguided" if w == 0.0 else f"{m}_w{w:g}"]
+        rows[m].append({"scale": w, **_ranking(res, "eval_val"), "test": _ranking(res, "test")})
+      selected[m] = {c: choose_scale(rows[m], c) for c in CRITERIA}
+      test_best[m] = choose_scale([{"scale": r["scale"], **r["test"]} for r in rows[m]])
+    # Final numbers at the chosen w (evaluation-val AUPRC), as the pipeline's report scores them.
+    sets = {"unguided": unguided}
+    for m in variants:
+      w = selected[m]["auprc"]
+      sets[m] = unguided if w == 0.0 else drawn[m, w]
+    final_fits, alias, owner = {"trtr": real}, {}, {}
+    for m, syn in sets.items():
+      # Methods that chose w = 0 share the unguided set: its models are trained once.
+      alias[m] = owner.setdefault(syn.key.digest, m)
+      if alias[m] == m:
+        final_fits[f"tsrtr_{m}"] = exp.mix(syn, 1.0)[:3]
+        final_fits[f"tstr_{m}"] = (syn.x, syn.y, syn.identity)
+    res = exp.protocol_group(final_fits, "val", "test", "utility_final")
+    pick = lambda r: {k: float(r[k]) for k in METRICS}  # noqa: E731
+    final = {"real": {"tsrtr_1.0": pick(res["trtr"]), "tstr": pick(res["trtr"])}}
+    for m in sets:
+      src = alias[m]
+      final[m] = {"tsrtr_1.0": pick(res[f"tsrtr_{src}"]), "tstr": pick(res[f"tstr_{src}"])}
+    info = d.info
+    return {"regime": regime, "seed": seed, "backend": jax.default_backend(),
+            "downstream": exp.config.evaluation.downstream,
+            "model_seeds": exp.config.evaluation.num_seeds,
+            "n_train": int(len(d.train)), "n_pos_train": int(np.sum(d.train.y == d.target_class)),
+            "oracle_auprc": info.get("oracle_auprc"), "oracle_auroc": info.get("oracle_auroc"),
+            "guide_auroc": exp.guide_quality.metrics["auroc"]["value"],
+            "grid": list(grid), "sweep": rows, "selected": selected, "test_best": test_best,
+            "final": final, "seconds": {"models_and_sets": t_models,
+                                        "total": time.perf_counter() - t0}}
 
 
-def check_seed(workdir: str, seed: int) -> None:
-  path = os.path.join(workdir, "config.json")
-  try:
-    data = experiment_config(tio.read_json(path)).data
-  except ConfigError as e:
-    raise SystemExit(f"{path} is not a config of this version of tardiff_jax ({e}); run the "
-                     "pipeline there again.") from None
-  got = (data.simulator.seed, data.split_seed)
-  if got != (seed, seed):
-    raise SystemExit(f"{workdir} was run with (data.simulator.seed, data.split_seed) = {got}, "
-                     f"not ({seed}, {seed}).")
+def _interval(diffs: list[float]) -> dict[str, Any]:
+  v = np.asarray(diffs, np.float64)
+  n, m = v.size, float(v.mean())
+  half = float(stats.t.ppf(0.975, n - 1) * v.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+  return {"mean": m, "lo": m - half, "hi": m + half, "n": int(n),
+          "wins": int(np.sum(v > 0)), "values": [float(x) for x in v]}
 
 
-def _stat(values: list[float]) -> dict[str, float]:
-  v = np.asarray(values, np.float64)
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-          "values": [float(x) for x in v]}
-
-
-def aggregate(reports: dict[int, dict]) -> dict:
-  """Means and spreads over data seeds of every method's TSTR / TSRTR metrics."""
-  first = next(iter(reports.values()))
-  ex = first.get("extras", {})
-  methods = first["methods"]
-  alphas = sorted({a for m in first["tsrtr"].values() for a in m}, key=float)
-  out = {"seeds": sorted(reports), "methods": methods, "alphas": alphas, "tstr": {},
-         "tsrtr": {}, "oracle": {}, "model_seeds": ex.get("seeds"),
-         "downstream": ex.get("downstream"), "notes": ex.get("notes", []),
-         "selected_scale": {k: r.get("extras", {}).get("scales", {}).get("tardiff")
-                            for k, r in reports.items()},
-         "timing_s": {k: _total_time(r) for k, r in reports.items()}}
-  for key in ("oracle_auroc", "oracle_auprc"):
-    vals = [r["dataset"].get(key) for r in reports.values()]
-    if all(v is not None for v in vals):
-      out["oracle"][key] = _stat(vals)
-  for m in methods:
-    out["tstr"][m] = {k: _stat([r["tstr"][m][k] for r in reports.values()]) for k in METRICS}
-    if m in first["tsrtr"]:
-      out["tsrtr"][m] = {a: {k: _stat([r["tsrtr"][m][a][k] for r in reports.values()])
-                             for k in METRICS} for a in alphas}
-  out["verdicts"] = verdicts(out)
+def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
+  """Per regime: paired intervals, selection regret, the mean sweep and the mean scores; each
+  comparison over the cohorts that ran both of its variants."""
+  out: dict[str, Any] = {}
+  for regime in REGIMES:
+    cs = [c for c in cohorts if c["regime"] == regime]
+    if not cs:
+      continue
+    has = lambda c, m: m in c["final"]  # noqa: E731
+    names = list(dict.fromkeys(m for c in cs for m in c["final"]))
+    paired = {}
+    for a, b in COMPARISONS:
+      both = [c for c in cs if has(c, a) and has(c, b)]
+      if both:
+        paired[f"{a}_vs_{b}"] = {
+            f"{proto}_{k}": _interval([c["final"][a][proto][k] - c["final"][b][proto][k]
+                                       for c in both])
+            for proto in ("tsrtr_1.0", "tstr") for k in METRICS}
+    means = {m: {f"{proto}_{k}": float(np.mean([c["final"][m][proto][k] for c in cs
+                                                 if has(c, m)]))
+                 for proto in ("tsrtr_1.0", "tstr") for k in METRICS} for m in names}
+    selection = {}
+    for m in (n for n in names if n not in ("real", "unguided")):
+      ms = [c for c in cs if m in c["sweep"]]
+      regret = {}
+      for crit in CRITERIA:
+        test_auprc = [{r["scale"]: r["test"]["auprc"] for r in c["sweep"][m]} for c in ms]
+        r = [t[c["test_best"][m]] - t[c["selected"][m][crit]] for t, c in zip(test_auprc, ms)]
+        regret[crit] = {"mean_regret_test_auprc": float(np.mean(r)),
+                        "hits": int(sum(c["selected"][m][crit] == c["test_best"][m]
+                                        for c in ms))}
+      grid = ms[0]["grid"]
+      selection[m] = {
+          "cohorts": len(ms), "selected": [c["selected"][m]["auprc"] for c in ms],
+          "test_best": [c["test_best"][m] for c in ms], "regret": regret,
+          "mean_sweep": [{"scale": w, **{f"eval_val_{k}": float(np.mean(
+              [c["sweep"][m][i][k] for c in ms])) for k in CRITERIA},
+              **{f"test_{k}": float(np.mean([c["sweep"][m][i]["test"][k] for c in ms]))
+                 for k in CRITERIA}} for i, w in enumerate(grid)]}
+    out[regime] = {"cohorts": len(cs), "seeds": [c["seed"] for c in cs],
+                   "n_train": float(np.mean([c["n_train"] for c in cs])),
+                   "n_pos_train": float(np.mean([c["n_pos_train"] for c in cs])),
+                   "oracle_auprc": float(np.mean([c["oracle_auprc"] or np.nan for c in cs])),
+                   "backends": sorted({c["backend"] for c in cs}),
+                   "downstream": cs[0].get("downstream"), "model_seeds": cs[0].get("model_seeds"),
+                   "seconds": float(sum(c["seconds"]["total"] for c in cs)),
+                   "paired": paired, "means": means, "selection": selection}
   return out
 
 
-def _total_time(report: dict) -> float:
-  t = report.get("timing", {})
-  return float(sum(v for k, v in t.items() if k.endswith("_s") and k != "samples_per_s"))
+def _fmt(s: dict[str, Any]) -> str:
+  return f"{s['mean']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}] ({s['wins']}/{s['n']})"
 
 
-def _verdict(diffs: list[float]) -> str:
-  d = np.asarray(diffs)
-  if np.all(d > 0):
-    return "wins"
-  if np.all(d < 0):
-    return "loses"
-  return "ties (mixed signs or no difference)"
-
-
-def verdicts(agg: dict) -> list[dict]:
-  """TarDiff vs unguided / real-only / each other method, paired by data seed."""
-  rows = []
-  if "tardiff" not in agg["tsrtr"]:
-    return rows
-  td = agg["tsrtr"]["tardiff"]
-  others = [m for m in agg["tsrtr"] if m != "tardiff"]
-  for a in agg["alphas"]:
-    for k in ("auprc", "auroc"):
-      mine = td[a][k]["values"]
-      real = agg["tstr"]["real"][k]["values"]
-      cmp = {"real (TRTR)": real}
-      cmp.update({m: agg["tsrtr"][m][a][k]["values"] for m in others})
-      for name, vals in cmp.items():
-        diffs = [x - y for x, y in zip(mine, vals)]
-        rows.append({"alpha": a, "metric": k, "versus": name,
-                     "mean_diff": float(np.mean(diffs)), "diffs": diffs,
-                     "verdict": _verdict(diffs)})
-  return rows
-
-
-def _cell(s: dict) -> str:
-  return f"{s['mean']:.3f} +/- {s['std']:.3f}"
-
-
-def markdown(agg: dict, command: str) -> str:
-  n = len(agg["seeds"])
-  lines = ["# Utility on the ICU simulator: every method, TSTR and TSRTR", "",
+def markdown(agg: dict[str, Any], command: str) -> str:
+  lines = ["# Utility on the simulator: does influence guidance help?", "",
            f"Command: `{command}`", "",
-           f"{n} data seeds (simulated cohort and split: {agg['seeds']}); every cell is the mean "
-           f"+/- sample std over data seeds of the report's mean over {agg['model_seeds']} model "
-           f"seeds (fresh {agg['downstream']} per setting, early-stopped on validation, scored "
-           "once on the real test split). AUPRC = average precision. Minority F1 at the "
-           "threshold chosen on validation.", ""]
-  if agg["oracle"]:
-    o = agg["oracle"]
-    lines += [f"Simulator oracle (latent risk) on the same test splits: AUROC "
-              f"{_cell(o['oracle_auroc'])}, AUPRC {_cell(o['oracle_auprc'])}.", ""]
-  lines += [f"Selected guidance scale w per data seed: {agg['selected_scale']}. "
-            f"Pipeline wall time per data seed (s, stage sum): "
-            f"{ {k: round(v) for k, v in agg['timing_s'].items()} }.", "",
-            "## TSTR (train on synthetic only; `real` = TRTR)", "",
-            "| method | AUROC | AUPRC | minority F1 |", "|---|---|---|---|"]
-  for m in agg["methods"]:
-    s = agg["tstr"][m]
-    lines.append(f"| {m} | {_cell(s['auroc'])} | {_cell(s['auprc'])} | "
-                 f"{_cell(s['minority_f1'])} |")
-  for k in METRICS:
-    lines += ["", f"## TSRTR {k} (real train + alpha x |train| synthetic)", "",
-              "| method | " + " | ".join(f"alpha {a}" for a in agg["alphas"]) + " |",
-              "|---|" + "---|" * len(agg["alphas"])]
-    r = agg["tstr"]["real"][k]
-    lines.append("| real only (TRTR) | " + " | ".join(_cell(r) for _ in agg["alphas"]) + " |")
-    for m, by_a in agg["tsrtr"].items():
-      lines.append(f"| {m} | " + " | ".join(_cell(by_a[a][k]) for a in agg["alphas"]) + " |")
-  if agg["notes"]:
-    lines += ["", "## Notes from the reports", ""] + [f"- {n}" for n in agg["notes"]]
-  if agg["verdicts"]:
-    lines += ["", "## TarDiff, paired by data seed (wins = better on every seed, loses = worse "
-              "on every seed, ties = otherwise; a seed whose selected w is 0 gives TarDiff = "
-              "unguided)", "",
-              "| alpha | metric | TarDiff vs | mean diff | per seed | verdict |",
-              "|---|---|---|---|---|---|"]
-    for v in agg["verdicts"]:
-      lines.append(f"| {v['alpha']} | {v['metric']} | {v['versus']} | {v['mean_diff']:+.4f} | "
-                   + ", ".join(f"{d:+.3f}" for d in v["diffs"]) + f" | {v['verdict']} |")
-  return "\n".join(lines) + "\n"
+           "Paired differences per cohort (data seed), mean over cohorts with a 95% t-interval "
+           "and the number of cohorts where the first method is ahead. Every number is a mean "
+           "over the downstream model's seeds; each method's w is chosen on evaluation-val "
+           "AUPRC, never on test.", ""]
+  for regime, r in agg.items():
+    lines += [f"Regime `{regime}`: downstream {r['downstream']} x {r['model_seeds']} seeds.", ""]
+    lines += [f"## Regime `{regime}`: {r['cohorts']} cohorts, {r['n_train']:.0f} training "
+              f"stays ({r['n_pos_train']:.1f} positive), oracle AUPRC {r['oracle_auprc']:.3f}, "
+              f"backend {', '.join(r['backends'])}, {r['seconds'] / 60:.1f} min", "",
+              "| comparison | " + " | ".join(f"{p} {k}" for p in ("TSRTR a=1", "TSTR")
+                                             for k in METRICS) + " |",
+              "|---|" + "---|" * 2 * len(METRICS)]
+    for name, cells in r["paired"].items():
+      lines.append(f"| {name} | " + " | ".join(_fmt(cells[f"{p}_{k}"])
+                                              for p in ("tsrtr_1.0", "tstr") for k in METRICS)
+                   + " |")
+    lines += ["", "Mean scores:", "", "| method | " + " | ".join(
+        f"{p} {k}" for p in ("TSRTR a=1", "TSTR") for k in METRICS) + " |",
+              "|---|" + "---|" * 2 * len(METRICS)]
+    for m, v in r["means"].items():
+      lines.append(f"| {m} | " + " | ".join(f"{v[f'{p}_{k}']:.3f}" for p in ("tsrtr_1.0", "tstr")
+                                            for k in METRICS) + " |")
+    for m, s in r["selection"].items():
+      lines += ["", f"Scale selection, `{m}`: chosen w per cohort {s['selected']}, test-best w "
+                f"{s['test_best']}.", "",
+                "| criterion (evaluation-val) | picks the test-best w | mean test-AUPRC regret |",
+                "|---|---|---|"]
+      for crit, g in s["regret"].items():
+        lines.append(f"| {crit} | {g['hits']}/{s['cohorts']} | "
+                     f"{g['mean_regret_test_auprc']:.4f} |")
+      lines += ["", "Mean sweep (TSRTR a=1 models early-stopped on guidance-val):", "",
+                "| w | eval-val AUPRC | eval-val AUROC | eval-val log-loss | test AUPRC | "
+                "test AUROC |", "|---|---|---|---|---|---|"]
+      for row in s["mean_sweep"]:
+        lines.append(f"| {row['scale']:g} | {row['eval_val_auprc']:.4f} | "
+                     f"{row['eval_val_auroc']:.4f} | {row['eval_val_log_loss']:.4f} | "
+                     f"{row['test_auprc']:.4f} | {row['test_auroc']:.4f} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+  """Whether two runs' settings (regimes, config) agree; the variants may differ per cohort."""
+  keep = lambda d: {k: v for k, v in d.items() if k in ("regimes", "config")}  # noqa: E731
+  return keep(a) == keep(b)
 
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--seeds", default="0,1,2")
-  ap.add_argument("--root", default=os.path.join(ROOT, "runs", "utility"))
+  ap.add_argument("--seeds", default="0,1,2,3,4", help="Data seeds (cohorts) per regime.")
+  ap.add_argument("--regimes", default="default,scarce")
+  ap.add_argument("--variants", default="tardiff,classifier",
+                  help=f"Guided variants compared with unguided sampling and real data: "
+                       f"{', '.join(VARIANTS)}.")
+  ap.add_argument("--merge", action="append", default=[],
+                  help="Another run's results JSON (same regimes and config) whose cohorts are "
+                       "added.")
   ap.add_argument("--config", default=os.path.join(ROOT, "configs", "default.py"))
-  ap.add_argument("--workdir", action="append", default=[],
-                  help="SEED=DIR: use an existing workdir for that data seed")
-  ap.add_argument("--tag", default="simulator")
+  ap.add_argument("--root", default=os.path.join(ROOT, "runs", "utility"))
+  ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results"))
+  ap.add_argument("--budget_min", type=float, default=88.0,
+                  help="Start no new cohort after this many minutes.")
   args = ap.parse_args()
-  seeds = [int(s) for s in args.seeds.split(",") if s]
-  given = {int(k): os.path.abspath(v) for k, v in (w.split("=", 1) for w in args.workdir)}
-  reports = {}
-  for s in seeds:
-    wd = given.get(s, os.path.join(args.root, f"seed{s}"))
-    if not os.path.exists(os.path.join(wd, "report.json")):
-      secs = run_seed(s, wd, args.config, os.path.join(args.root, "logs"))
-      print(f"[utility] seed {s} finished in {secs:.0f}s", flush=True)
-    check_seed(wd, s)
-    reports[s] = json.load(open(os.path.join(wd, "report.json")))
-  agg = aggregate(reports)
-  agg["workdirs"] = {s: given.get(s, os.path.join(args.root, f"seed{s}")) for s in seeds}
+  variants = tuple(v for v in args.variants.split(",") if v)
+  regimes = [r for r in args.regimes.split(",") if r]
+  bad = [r for r in regimes if r not in REGIMES] + [v for v in variants if v not in VARIANTS]
+  if bad:
+    raise SystemExit(f"Unknown regimes or variants {bad}; known: {list(REGIMES)}, "
+                     f"{list(VARIANTS)}.")
+  path = os.path.join(args.out, "utility_simulator.json")
+  settings = {"regimes": {r: REGIMES[r] for r in regimes},
+              "config": os.path.relpath(os.path.abspath(args.config), ROOT)}
+  done: dict[str, Any] = {}
+  for other in [path, *args.merge]:
+    if not os.path.exists(other):
+      continue
+    prev = tio.read_json(other)
+    if not _same(prev.get("settings", {}), settings):
+      if other != path:
+        raise SystemExit(f"{other} was run with other settings: {prev.get('settings')}.")
+      continue
+    done = {**prev["cohort_results"], **done}
   command = "python benchmarks/utility.py " + " ".join(sys.argv[1:])
-  out = os.path.join(ROOT, "benchmarks", "results", f"utility_{args.tag}")
-  tio.write_json(out + ".json", agg)
-  tio.write_text(out + ".md", markdown(agg, command))
-  print(markdown(agg, command))
+  t0 = time.perf_counter()
+  for k in [int(s) for s in args.seeds.split(",") if s]:
+    for regime in regimes:
+      name = f"{regime}/{k}"
+      if name in done and set(variants) <= set(done[name]["sweep"]):
+        continue  # Done with every requested variant (a missing one reruns the cohort, whose
+        # stored models and sets are read back).
+      if (time.perf_counter() - t0) / 60 > args.budget_min:
+        print(f"[utility] budget of {args.budget_min} min spent; {name} not started", flush=True)
+        continue
+      print(f"[utility] cohort {name} ...", flush=True)
+      want = tuple(dict.fromkeys([*done.get(name, {}).get("sweep", {}), *variants]))
+      done[name] = c = run_cohort(args.config, regime, k, args.root, want)
+      print(f"[utility] cohort {name}: {c['seconds']['total']:.0f}s, chosen w "
+            f"{ {m: c['selected'][m]['auprc'] for m in want} }, TSRTR AUPRC "
+            f"{ {m: round(v['tsrtr_1.0']['auprc'], 4) for m, v in c['final'].items()} }",
+            flush=True)
+      write(path, settings, command, done)
+  write(path, settings, command, done)
+
+
+def write(path: str, settings: dict, command: str, done: dict) -> None:
+  """The results JSON (aggregate + every cohort's record, for resuming) and its Markdown."""
+  if not done:
+    return
+  agg = aggregate(list(done.values()))
+  tio.write_json(path, {"settings": settings, "command": command, "regimes": agg,
+                        "cohort_results": done})
+  tio.write_text(os.path.splitext(path)[0] + ".md", markdown(agg, command))
 
 
 if __name__ == "__main__":

@@ -347,3 +347,26 @@ def test_real_gru_classifier_influence():
   np.testing.assert_allclose(val, want, rtol=1e-4, atol=1e-8)
   assert J.shape == x.shape and np.all(np.isfinite(np.asarray(J)))
   assert float(jnp.max(jnp.abs(J))) > 0
+
+
+@pytest.mark.parametrize("variant", ["dot", "classifier"])
+def test_class_balance_factors_equal_explicit_per_sample_loop(setup, variant):
+  """f[c] = m / m_c with m_c the mean ||grad_x score(x_i, y_i)|| over class c, from one
+  jax.grad per sample; after balancing both classes' mean shift is the overall mean."""
+  s = setup
+  x, y = s["x"], s["y"]
+  def score(xi, yi):
+    if variant == "classifier":
+      return -s["loss_fn"](s["params"], xi, yi)  # grad_x log p(y | x).
+    return scores.tree_vdot(jax.grad(s["loss_fn"])(s["params"], xi, yi), s["G"])
+  norms = np.array([float(jnp.linalg.norm(jax.grad(score)(jnp.asarray(x[i]), y[i])))
+                    for i in range(len(y))])
+  want = np.array([norms.mean() / norms[y == c].mean() for c in (0, 1)])
+  got = guidance_lib.class_balance_factors(s["loss_fn"], s["params"], s["G"], x, y, 3,
+                                           variant=variant, batch_size=3)  # Padded batches.
+  np.testing.assert_allclose(got[:2], want, rtol=1e-5)
+  assert got[2] == 1.0  # No sample of class 2.
+  balanced = [np.mean(got[c] * norms[y == c]) for c in (0, 1)]
+  np.testing.assert_allclose(balanced, norms.mean(), rtol=1e-5)
+  with pytest.raises(ValueError, match="per-sample"):
+    guidance_lib.class_balance_factors(s["loss_fn"], s["params"], s["G"], x, y, 2, "batch")

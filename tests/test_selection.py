@@ -63,3 +63,19 @@ def test_guide_never_sees_evaluation_val(cfg, tmp_path, monkeypatch):
   monkeypatch.setattr(stages, "GUIDE_STOP_SPLIT", "val")
   leaky = _guide(cfg, str(tmp_path / "leaky"), poison=True)
   assert leaky.identity != clean.identity
+
+
+def test_class_balance_makes_the_scale_per_class(tmp_path):
+  c = load_config("tiny")
+  c.guidance.class_balance = True
+  with Experiment(c, str(tmp_path), quiet=True) as exp:
+    f = exp.class_factors("tardiff")
+    d = exp.data
+    assert f.shape == (d.num_classes,) and np.all(f > 0)
+    np.testing.assert_allclose(np.asarray(exp.gparams("tardiff", 2.0)["scale"]), 2.0 * f,
+                               rtol=1e-6)
+    assert exp.class_factors("batch") is None and exp.class_factors("unguided") is None
+    assert exp.synthetic_settings("tardiff", 2.0)["guidance"]["class_balance"] is True
+    assert not np.allclose(exp.class_factors("classifier"), f)  # Its own score's norms.
+  with Experiment(c, str(tmp_path), quiet=True) as exp:  # Read back from the store.
+    np.testing.assert_array_equal(exp.class_factors("tardiff"), f)

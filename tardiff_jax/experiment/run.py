@@ -38,7 +38,11 @@ from tardiff_jax.experiment.methods import (
 )
 from tardiff_jax.experiment.store import ArtifactKey, ArtifactStore, settings_digest
 from tardiff_jax.experiment.workdir import Workdir
-from tardiff_jax.influence.guidance import guidance_from_config, make_gparams
+from tardiff_jax.influence.guidance import (
+    class_balance_factors,
+    guidance_from_config,
+    make_gparams,
+)
 from tardiff_jax.sampling.generate import class_counts, generate
 from tardiff_jax.sampling.sampler import make_sampler
 
@@ -212,10 +216,38 @@ class Experiment:
     return self._samplers[m.score]
 
   def gparams(self, method: str, scale: Any) -> Any:
-    """The guidance hook's parameters for a guided method at `scale` (None when unguided)."""
+    """The guidance hook's parameters for a guided method at `scale` (None when unguided);
+    with `guidance.class_balance` the scale becomes per class (`class_factors`)."""
     if not get_method(method).guided:
       return None
+    factors = self.class_factors(method)
+    if factors is not None:
+      scale = np.asarray(scale, np.float64) * factors
     return make_gparams(self.guide.params, self.guidance_cache.G, scale)
+
+  def class_factors(self, method: str) -> np.ndarray | None:
+    """`guidance.class_balance`'s per-class factors of `method`'s scale (m / m_c over real
+    training stays, `influence.guidance.class_balance_factors`), or None when off."""
+    m, g = get_method(method), self.config.guidance
+    if not (g.class_balance and isinstance(m, DiffusionMethod) and m.guided
+            and m.score != "batch"):
+      return None
+    variant = g.variant if m.score == "influence" else m.score
+    key = self.store.key("class_balance", f"class_balance_{variant}",
+                         {"guide": self.guide.identity, "cache": self._cache[1],
+                          "variant": variant, "train": self.data.fingerprint("train")})
+    stored = self.store.read_json(key)
+    if stored is None:
+      self.store.check_writable(key)
+      t0 = time.perf_counter()
+      d = self.data
+      f = class_balance_factors(self.guide.classifier.loss_fn, self.guide.params,
+                                self.guidance_cache.G, d.train.x, d.train.y, d.num_classes,
+                                variant, g.cache_batch_size)
+      stored = {"factors": f.tolist()}
+      self.store.write_json(key, stored, seconds=time.perf_counter() - t0)
+      self.log(f"class_balance: {variant}: per-class scale factors {np.round(f, 3).tolist()}")
+    return np.asarray(stored["factors"], np.float64)
 
   def train_counts(self) -> np.ndarray:
     return self.data.train.class_counts()
@@ -236,6 +268,8 @@ class Experiment:
                guidance={"score": g.variant if m.score == "influence" else m.score,
                          "evaluate_on": g.evaluate_on, "through_denoiser": g.through_denoiser,
                          "clip": g.clip, "normalize_grad": g.normalize_grad})
+      if self.class_factors(method) is not None:  # Only when on: keeps older keys valid.
+        s["guidance"]["class_balance"] = True
     return s
 
   def synthetic(self, method: str, scale: Any = None) -> SyntheticSet:

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from tardiff_jax.config.fields import option
@@ -60,6 +61,10 @@ class GuidanceConfig:
   cache_batch_size: int = option(256, "Guidance examples per vmapped batch.")
   clip: float = option(0.0, "Max per-sample l2 norm of the guidance gradient J; 0 = off.")
   normalize_grad: bool = option(False, "Divide J by its per-sample l2 norm.")
+  class_balance: bool = option(False, "Per-class scales w * m / m_c (m_c: mean norm of the "
+                                      "guidance gradient over class-c training stays, m: over "
+                                      "all), so one w moves every class alike; per-sample "
+                                      "scores only (not 'batch').")
   gate: str = option("warn", "A guide classifier no better than chance on guidance-val (its "
                              "AUROC interval includes 0.5): 'warn' (say so loudly, mark the "
                              "guided methods and the verdict) or 'error' (stop the run).")
@@ -138,6 +143,36 @@ def _scale_for(scale: Array, y: Array, ndim: int) -> Array:
   if scale.ndim != 1:
     raise ValueError(f"gparams['scale'] must be a scalar or [num_classes], got {scale.shape}.")
   return scale[y].reshape(y.shape + (1,) * (ndim - 1))
+
+
+def class_balance_factors(loss_fn: LossFn, params: Any, G: Any, x: Any, y: Any,
+                          num_classes: int, variant: str = "dot", batch_size: int = 256,
+                          eps: float = scores.DEFAULT_EPS) -> np.ndarray:
+  """Per-class factors f[c] = m / m_c of the guidance scale (`GuidanceConfig.class_balance`).
+
+  m_c is the mean l2 norm of the per-sample guidance gradient J(x_i, y_i) (the input gradient of
+  the score, `scores.influence_input_grad`) over the samples of class c, and m its mean over all
+  samples; so w * f[y] gives every class the same mean shift, and the mean shift over the samples
+  stays w * m. x: float32[N, T, C] (real training stays), y: int[N]. Computed in fixed-size
+  batches (the last one padded: one compile). A class without samples gets f = 1.
+  """
+  if variant not in scores.PER_SAMPLE_VARIANTS:
+    raise ValueError(f"class_balance needs a per-sample score, not {variant!r}.")
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+  fn = jax.jit(lambda xb, yb: jnp.sqrt(jnp.sum(jnp.square(
+      scores.influence_input_grad(loss_fn, params, G, xb, yb, variant, eps)), axis=(1, 2))))
+  norms = []
+  for i in range(0, len(y), batch_size):
+    xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+    pad = batch_size - len(yb)
+    if pad:
+      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
+    norms.append(np.asarray(fn(xb, yb))[:batch_size - pad])
+  norms = np.concatenate(norms).astype(np.float64)
+  m = norms.mean()
+  return np.array([m / norms[y == c].mean() if np.any(y == c) else 1.0
+                   for c in range(num_classes)], np.float64)
 
 
 def make_influence_guidance(loss_fn: LossFn, variant: str = "dot", evaluate_on: str = "x0_hat",
