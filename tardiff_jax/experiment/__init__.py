@@ -5,7 +5,7 @@
 - `stages`: the trained pieces (denoiser, guide, guidance cache, sampler fits);
 - `methods`: the registry of generation methods (`register_method`);
 - `run`: `Experiment` (one workdir and config, stages computed on first use) and `load_run`;
-- `selection`: TarDiff's guidance scale chosen on evaluation-val;
+- `selection`: each guided method's guidance scale chosen on evaluation-val;
 - `evaluate`: protocols, fidelity, privacy, plots and the report;
 - `runner`: the command line's modes (`run_mode`, `run_pipeline`).
 """
