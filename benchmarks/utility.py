@@ -64,7 +64,8 @@ METRICS = ("auprc", "auroc", "minority_f1")
 COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classifier"),
                ("classifier", "unguided"), ("unguided", "real"), ("tardiff_cb", "unguided"),
                ("tardiff_cb", "tardiff"), ("classifier_cb", "classifier"),
-               ("batch", "unguided"))
+               ("batch", "unguided"), ("tardiff+masks", "tardiff"),
+               ("unguided+masks", "unguided"), ("tardiff+masks", "unguided+masks"))
 
 
 def cohort_config(config: str, regime: str, seed: int, variant: str | None = None):
@@ -89,8 +90,8 @@ def _ranking(res: dict[str, Any], split: str) -> dict[str, float]:
   return {k: res["also"][split][k] for k in CRITERIA}
 
 
-def run_cohort(config: str, regime: str, seed: int, root: str,
-               variants: tuple[str, ...]) -> dict[str, Any]:
+def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[str, ...],
+               with_masks: bool = True) -> dict[str, Any]:
   """One cohort: shared models, the sweep group (selection + regret), the final group."""
   t0 = time.perf_counter()
   workdir = os.path.join(root, regime, f"seed{seed}")
@@ -124,18 +125,28 @@ def run_cohort(config: str, regime: str, seed: int, root: str,
     for m in variants:
       w = selected[m]["auprc"]
       sets[m] = unguided if w == 0.0 else drawn[m, w]
-    final_fits, alias, owner = {"trtr": real}, {}, {}
+    alias, owner = {}, {}
     for m, syn in sets.items():
       # Methods that chose w = 0 share the unguided set: its models are trained once.
       alias[m] = owner.setdefault(syn.key.digest, m)
-      if alias[m] == m:
-        final_fits[f"tsrtr_{m}"] = exp.mix(syn, 1.0)[:3]
-        final_fits[f"tstr_{m}"] = (syn.x, syn.y, syn.identity)
+    seen = {m: syn for m, syn in sets.items() if alias[m] == m}
+    masks = None
+    if with_masks:  # The same sets with real training stays' missingness imposed.
+      seen.update({f"{m}+masks": exp.downstream_set(sets[m], masks=True) for m in list(seen)})
+      alias.update({f"{m}+masks": f"{alias[m]}+masks" for m in sets})
+      # Which view helps, judged on evaluation-val (models early-stopped on guidance-val).
+      res = exp.protocol_group({m: exp.mix(s, 1.0)[:3] for m, s in seen.items()}, "guide_val",
+                               "eval_val", "utility_masks", also=("eval_val", "test"))
+      masks = {m: {"eval_val": _ranking(res[alias[m]], "eval_val"),
+                   "test": _ranking(res[alias[m]], "test")} for m in alias}
+    final_fits = {"trtr": real}
+    for m, syn in seen.items():
+      final_fits[f"tsrtr_{m}"] = exp.mix(syn, 1.0)[:3]
+      final_fits[f"tstr_{m}"] = (syn.x, syn.y, syn.identity)
     res = exp.protocol_group(final_fits, "val", "test", "utility_final")
     pick = lambda r: {k: float(r[k]) for k in METRICS}  # noqa: E731
     final = {"real": {"tsrtr_1.0": pick(res["trtr"]), "tstr": pick(res["trtr"])}}
-    for m in sets:
-      src = alias[m]
+    for m, src in alias.items():
       final[m] = {"tsrtr_1.0": pick(res[f"tsrtr_{src}"]), "tstr": pick(res[f"tstr_{src}"])}
     info = d.info
     return {"regime": regime, "seed": seed, "backend": jax.default_backend(),
@@ -145,7 +156,7 @@ def run_cohort(config: str, regime: str, seed: int, root: str,
             "oracle_auprc": info.get("oracle_auprc"), "oracle_auroc": info.get("oracle_auroc"),
             "guide_auroc": exp.guide_quality.metrics["auroc"]["value"],
             "grid": list(grid), "sweep": rows, "selected": selected, "test_best": test_best,
-            "final": final, "seconds": {"models_and_sets": t_models,
+            "final": final, "masks": masks, "seconds": {"models_and_sets": t_models,
                                         "total": time.perf_counter() - t0}}
 
 
@@ -179,7 +190,7 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
                                                  if has(c, m)]))
                  for proto in ("tsrtr_1.0", "tstr") for k in METRICS} for m in names}
     selection = {}
-    for m in (n for n in names if n not in ("real", "unguided")):
+    for m in dict.fromkeys(v for c in cs for v in c["sweep"]):
       ms = [c for c in cs if m in c["sweep"]]
       regret = {}
       for crit in CRITERIA:
@@ -196,6 +207,13 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
               [c["sweep"][m][i][k] for c in ms])) for k in CRITERIA},
               **{f"test_{k}": float(np.mean([c["sweep"][m][i]["test"][k] for c in ms]))
                  for k in CRITERIA}} for i, w in enumerate(grid)]}
+    # Missingness parity, judged on evaluation-val: masked minus as-drawn, per method.
+    mc = [c for c in cs if c.get("masks")]
+    masks = {m: {f"{split}_{k}": _interval([c["masks"][f"{m}+masks"][split][k]
+                                            - c["masks"][m][split][k] for c in mc
+                                            if m in c["masks"]])
+                 for split in ("eval_val", "test") for k in ("auprc", "auroc")}
+             for m in dict.fromkeys(k for c in mc for k in c["masks"] if "+" not in k)}
     out[regime] = {"cohorts": len(cs), "seeds": [c["seed"] for c in cs],
                    "n_train": float(np.mean([c["n_train"] for c in cs])),
                    "n_pos_train": float(np.mean([c["n_pos_train"] for c in cs])),
@@ -203,7 +221,8 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
                    "backends": sorted({c["backend"] for c in cs}),
                    "downstream": cs[0].get("downstream"), "model_seeds": cs[0].get("model_seeds"),
                    "seconds": float(sum(c["seconds"]["total"] for c in cs)),
-                   "paired": paired, "means": means, "selection": selection}
+                   "paired": paired, "means": means, "selection": selection,
+                   "masks_minus_plain": masks}
   return out
 
 
@@ -236,6 +255,16 @@ def markdown(agg: dict[str, Any], command: str) -> str:
     for m, v in r["means"].items():
       lines.append(f"| {m} | " + " | ".join(f"{v[f'{p}_{k}']:.3f}" for p in ("tsrtr_1.0", "tstr")
                                             for k in METRICS) + " |")
+    if r.get("masks_minus_plain"):
+      lines += ["", "Missingness parity: synthetic samples with real training stays' masks "
+                "minus as drawn (TSRTR a=1 models early-stopped on guidance-val; the choice is "
+                "made on evaluation-val, test shown for the record):", "",
+                "| method | eval-val AUPRC | eval-val AUROC | test AUPRC | test AUROC |",
+                "|---|---|---|---|---|"]
+      for m, cells in r["masks_minus_plain"].items():
+        lines.append(f"| {m} | " + " | ".join(_fmt(cells[f"{sp}_{k}"]) for sp in
+                                              ("eval_val", "test") for k in ("auprc", "auroc"))
+                     + " |")
     for m, s in r["selection"].items():
       lines += ["", f"Scale selection, `{m}`: chosen w per cohort {s['selected']}, test-best w "
                 f"{s['test_best']}.", "",
@@ -268,6 +297,8 @@ def main() -> None:
   ap.add_argument("--variants", default="tardiff,classifier",
                   help=f"Guided variants compared with unguided sampling and real data: "
                        f"{', '.join(VARIANTS)}.")
+  ap.add_argument("--masks", action=argparse.BooleanOptionalAction, default=True,
+                  help="Also score every set with real training stays' missingness imposed.")
   ap.add_argument("--merge", action="append", default=[],
                   help="Another run's results JSON (same regimes and config) whose cohorts are "
                        "added.")
@@ -301,7 +332,8 @@ def main() -> None:
   for k in [int(s) for s in args.seeds.split(",") if s]:
     for regime in regimes:
       name = f"{regime}/{k}"
-      if name in done and set(variants) <= set(done[name]["sweep"]):
+      if (name in done and set(variants) <= set(done[name]["sweep"])
+          and (done[name].get("masks") or not args.masks)):
         continue  # Done with every requested variant (a missing one reruns the cohort, whose
         # stored models and sets are read back).
       if (time.perf_counter() - t0) / 60 > args.budget_min:
@@ -309,7 +341,7 @@ def main() -> None:
         continue
       print(f"[utility] cohort {name} ...", flush=True)
       want = tuple(dict.fromkeys([*done.get(name, {}).get("sweep", {}), *variants]))
-      done[name] = c = run_cohort(args.config, regime, k, args.root, want)
+      done[name] = c = run_cohort(args.config, regime, k, args.root, want, args.masks)
       print(f"[utility] cohort {name}: {c['seconds']['total']:.0f}s, chosen w "
             f"{ {m: c['selected'][m]['auprc'] for m in want} }, TSRTR AUPRC "
             f"{ {m: round(v['tsrtr_1.0']['auprc'], 4) for m, v in c['final'].items()} }",

@@ -287,6 +287,24 @@ def test_load_run_and_the_readme_snippet(tiny_run):
   assert time.perf_counter() - t0 < 30
 
 
+def test_synthetic_masks_give_diffusion_sets_real_missingness(tiny_run):
+  """`evaluation.synthetic_masks`: downstream models see diffusion samples with the gaps of real
+  training stays of their class (filled like real ones); baselines and the default are as
+  drawn."""
+  wd, _, _ = tiny_run
+  run = load_run(wd)
+  syn = run.synthetic("unguided")
+  assert run.downstream_set(syn) is syn  # Off by default.
+  seen = run.downstream_set(syn, masks=True)
+  assert seen.identity != syn.identity and seen.view.endswith("+masks")
+  gaps = seen.x == 0.0
+  real_rate = 1.0 - run.data.train.mask.mean()
+  assert abs(gaps.mean() - real_rate) < 0.05 and not (syn.x == 0.0).any()
+  np.testing.assert_array_equal(seen.x[~gaps], syn.x[~gaps])
+  base = run.synthetic("oversample")
+  assert run.downstream_set(base, masks=True) is base
+
+
 def test_cli_help_modes_and_errors(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   run = lambda *a: subprocess.run(["tardiff", *a], capture_output=True, text=True, env=env,

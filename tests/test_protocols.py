@@ -60,3 +60,24 @@ def test_alpha_keys():
   assert [protocols.alpha_key(a) for a in (0.2, 1, 1.0, 0.25)] == ["0.2", "1.0", "1.0", "0.25"]
   with pytest.raises(ValueError):
     protocols.check_alphas([0.0, 1.0])
+
+
+def test_impose_real_masks_takes_a_mask_of_the_same_class():
+  rng = np.random.default_rng(0)
+  T_, C_ = 5, 3
+  mask_real = rng.random((12, T_, C_)) > 0.3
+  y_real = np.array([0] * 8 + [1] * 4)
+  mask_real[8:, :, 0] = False  # Class-1 stays never observe channel 0.
+  x = rng.normal(size=(20, T_, C_)).astype(np.float32) + 5.0  # No natural zeros.
+  y = np.array([0, 1] * 10)
+  out = protocols.impose_real_masks(x, y, mask_real, y_real, seed=3)
+  observed = out != 0.0
+  np.testing.assert_array_equal(out[observed], x[observed])  # Kept entries are unchanged.
+  for i in range(len(y)):
+    pool = mask_real[y_real == y[i]]
+    assert any(np.array_equal(observed[i], m) for m in pool), i
+  assert not observed[y == 1][:, :, 0].any()
+  np.testing.assert_array_equal(out, protocols.impose_real_masks(x, y, mask_real, y_real, 3))
+  assert not np.array_equal(out, protocols.impose_real_masks(x, y, mask_real, y_real, 4))
+  with pytest.raises(ValueError, match="class 2"):
+    protocols.impose_real_masks(x, np.full(20, 2), mask_real, y_real, 3)

@@ -30,6 +30,10 @@ class EvaluationConfig:
   methods: tuple[str, ...] = option(
       ("unguided", "tardiff", "classifier", "batch", "oversample", "augment"),
       "Synthetic-data methods compared (each writes synthetic/<method>.npz).")
+  synthetic_masks: bool = option(False, "Impose on each diffusion sample the missingness mask "
+                                         "of a random real training stay of its class (gaps "
+                                         "filled as in real series) before downstream models "
+                                         "see it.")
   fidelity_repeats: int = option(3, "Repeats of the discriminative score (5 in TimeGAN's "
                                     "protocol).")
   fidelity_steps: int = option(400, "GRU training steps of the fidelity scores.")
@@ -97,6 +101,29 @@ def mix_real_synthetic(x_real: np.ndarray, y_real: np.ndarray, x_syn: np.ndarray
   x = np.concatenate([x_real, x_syn[idx]])
   y = np.concatenate([y_real, y_syn[idx]])
   return x, y, n_syn
+
+
+def impose_real_masks(x_syn: np.ndarray, y_syn: np.ndarray, mask_real: np.ndarray,
+                      y_real: np.ndarray, seed: int, fill: float = 0.0) -> np.ndarray:
+  """Synthetic series with the missingness of real ones: each sample takes the mask of a real
+  training stay of its class (drawn with replacement) and its unobserved entries become `fill`
+  (0: where the normaliser puts a real stay's missing entries, its train mean). Real series reach
+  downstream models with gaps filled; complete synthetic ones would differ by that alone.
+  x_syn: float32[N, T, C], y_syn: int[N]; mask_real: bool[M, T, C], y_real: int[M]."""
+  x_syn, y_syn = np.asarray(x_syn, np.float32), np.asarray(y_syn)
+  mask_real, y_real = np.asarray(mask_real, bool), np.asarray(y_real)
+  if mask_real.shape[1:] != x_syn.shape[1:]:
+    raise ValueError(f"real masks [T, C] {mask_real.shape[1:]} differ from synthetic "
+                     f"{x_syn.shape[1:]}.")
+  rng = np.random.default_rng(seed)
+  out = x_syn.copy()
+  for c in np.unique(y_syn):
+    rows, pool = np.flatnonzero(y_syn == c), np.flatnonzero(y_real == c)
+    if pool.size == 0:
+      raise ValueError(f"impose_real_masks: no real stay of class {int(c)} to take a mask from.")
+    picks = pool[rng.integers(0, pool.size, rows.size)]
+    out[rows] = np.where(mask_real[picks], x_syn[rows], np.float32(fill))
+  return out
 
 
 def alpha_key(alpha: float) -> str:

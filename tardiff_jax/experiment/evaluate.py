@@ -101,6 +101,10 @@ def _notes(exp: Experiment) -> list[str]:
                "rows within an epoch. Early stopping on validation AUPRC, patience "
                f"{cfg.train_classifier.patience}, at most {cfg.train_classifier.max_epochs} "
                "epochs.")
+  if e.synthetic_masks:
+    notes.append("Diffusion samples reach the downstream models with the missingness mask of a "
+                 "random real training stay of their class, gaps filled as in real series "
+                 "(evaluation.synthetic_masks).")
   if exp.data.num_classes > 2:
     t = exp.data.target_class
     notes.append(f"{exp.data.num_classes} classes: AUROC, AUPRC and F1 are one-vs-rest for the "
@@ -187,7 +191,8 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
   curves = {"real (TRTR)": tstr["real"]["curves"]}
   for m in methods:
     s = syn[m]
-    fits = {f"tstr_{m}": (s.x, s.y, s.identity)}
+    seen = exp.downstream_set(s)
+    fits = {f"tstr_{m}": (seen.x, seen.y, seen.identity)}
     n_syn = {}
     for a in alphas:
       x, y, ident, n_syn[a] = exp.mix(s, a)

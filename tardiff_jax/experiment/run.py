@@ -340,9 +340,21 @@ class Experiment:
     n = len(self.data.train)
     return n + int(round(max(self.config.evaluation.alphas) * n))
 
+  def downstream_set(self, syn: SyntheticSet, masks: bool | None = None) -> SyntheticSet:
+    """The set as downstream models see it: with `evaluation.synthetic_masks` (or `masks`), a
+    diffusion set takes real training stays' missingness (`protocols.impose_real_masks`)."""
+    masks = self.config.evaluation.synthetic_masks if masks is None else masks
+    if not masks or not isinstance(get_method(syn.method), DiffusionMethod):
+      return syn
+    d = self.data.train
+    x = protocols.impose_real_masks(syn.x, syn.y, d.mask, d.y,
+                                    self.config.seed + stages.stream_seed("masks"))
+    return dataclasses.replace(syn, x=x, view=f"{syn.view}+masks")
+
   def mix(self, syn: SyntheticSet, alpha: float) -> tuple[np.ndarray, np.ndarray, str, int]:
-    """TSRTR training set: real train + alpha |real train| synthetic rows -> (x, y, identity,
-    number of synthetic rows)."""
+    """TSRTR training set: real train + alpha |real train| synthetic rows (as downstream models
+    see them, `downstream_set`) -> (x, y, identity, number of synthetic rows)."""
+    syn = self.downstream_set(syn)
     d = self.data.train
     x, y, n = protocols.mix_real_synthetic(d.x, d.y, syn.x, syn.y, alpha, self.config.seed)
     ident = settings_digest({"real": self.data.fingerprint("train"), "synthetic": syn.identity,
