@@ -230,18 +230,20 @@ def _fmt(s: dict[str, Any]) -> str:
   return f"{s['mean']:+.3f} [{s['lo']:+.3f}, {s['hi']:+.3f}] ({s['wins']}/{s['n']})"
 
 
-def markdown(agg: dict[str, Any], command: str) -> str:
+def markdown(agg: dict[str, Any], command: str, runs: dict[str, list[str]]) -> str:
   lines = ["# Utility on the simulator: does influence guidance help?", "",
-           f"Command: `{command}`", "",
+           f"Command: `{command}`. Cohorts computed by:", "",
+           *[f"- {run}: {', '.join(names)}" for run, names in runs.items()], "",
            "Paired differences per cohort (data seed), mean over cohorts with a 95% t-interval "
            "and the number of cohorts where the first method is ahead. Every number is a mean "
            "over the downstream model's seeds; each method's w is chosen on evaluation-val "
            "AUPRC, never on test.", ""]
   for regime, r in agg.items():
-    lines += [f"Regime `{regime}`: downstream {r['downstream']} x {r['model_seeds']} seeds.", ""]
     lines += [f"## Regime `{regime}`: {r['cohorts']} cohorts, {r['n_train']:.0f} training "
               f"stays ({r['n_pos_train']:.1f} positive), oracle AUPRC {r['oracle_auprc']:.3f}, "
               f"backend {', '.join(r['backends'])}, {r['seconds'] / 60:.1f} min", "",
+              f"Downstream {r['downstream']} x {r['model_seeds']} seeds; seeds (cohorts) "
+              f"{sorted(r['seeds'])}.", "",
               "| comparison | " + " | ".join(f"{p} {k}" for p in ("TSRTR a=1", "TSTR")
                                              for k in METRICS) + " |",
               "|---|" + "---|" * 2 * len(METRICS)]
@@ -326,6 +328,8 @@ def main() -> None:
       if other != path:
         raise SystemExit(f"{other} was run with other settings: {prev.get('settings')}.")
       continue
+    for c in prev["cohort_results"].values():
+      c.setdefault("command", prev.get("command"))  # The run that computed the cohort.
     done = {**prev["cohort_results"], **done}
   command = "python benchmarks/utility.py " + " ".join(sys.argv[1:])
   t0 = time.perf_counter()
@@ -342,6 +346,7 @@ def main() -> None:
       print(f"[utility] cohort {name} ...", flush=True)
       want = tuple(dict.fromkeys([*done.get(name, {}).get("sweep", {}), *variants]))
       done[name] = c = run_cohort(args.config, regime, k, args.root, want, args.masks)
+      c["command"] = command
       print(f"[utility] cohort {name}: {c['seconds']['total']:.0f}s, chosen w "
             f"{ {m: c['selected'][m]['auprc'] for m in want} }, TSRTR AUPRC "
             f"{ {m: round(v['tsrtr_1.0']['auprc'], 4) for m, v in c['final'].items()} }",
@@ -357,7 +362,10 @@ def write(path: str, settings: dict, command: str, done: dict) -> None:
   agg = aggregate(list(done.values()))
   tio.write_json(path, {"settings": settings, "command": command, "regimes": agg,
                         "cohort_results": done})
-  tio.write_text(os.path.splitext(path)[0] + ".md", markdown(agg, command))
+  runs: dict[str, list[str]] = {}
+  for name, c in sorted(done.items()):
+    runs.setdefault(f"`{c.get('command')}` ({c['backend']})", []).append(name)
+  tio.write_text(os.path.splitext(path)[0] + ".md", markdown(agg, command, runs))
 
 
 if __name__ == "__main__":
