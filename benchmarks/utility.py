@@ -98,12 +98,12 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
   drawn = {}
   for v in variants:  # A variant's config switches change only its guided sets.
     with Experiment(cohort_config(config, regime, seed, v), workdir, quiet=True) as e:
-      grid = tuple(float(w) for w in e.config.guidance.scale_grid)
-      for w in grid:
+      for w in map(float, e.config.guidance.scale_grid):
         if w != 0.0:
           drawn[v, w] = e.synthetic(VARIANTS[v][0], scale=w)
   with Experiment(cohort_config(config, regime, seed), workdir, quiet=True) as exp:
     d = exp.data
+    grid = tuple(float(w) for w in exp.config.guidance.scale_grid)
     real = (d.train.x, d.train.y, d.fingerprint("train"))
     unguided = exp.synthetic("unguided")
     fits = {"trtr": real, "unguided": exp.mix(unguided, 1.0)[:3]}

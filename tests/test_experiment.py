@@ -291,7 +291,7 @@ def test_synthetic_masks_give_diffusion_sets_real_missingness(tiny_run):
   """`evaluation.synthetic_masks`: downstream models see diffusion samples with the gaps of real
   training stays of their class (filled like real ones); baselines and the default are as
   drawn."""
-  wd, _, _ = tiny_run
+  wd, cfg, _ = tiny_run
   run = load_run(wd)
   syn = run.synthetic("unguided")
   assert run.downstream_set(syn) is syn  # Off by default.
@@ -303,6 +303,14 @@ def test_synthetic_masks_give_diffusion_sets_real_missingness(tiny_run):
   np.testing.assert_array_equal(seen.x[~gaps], syn.x[~gaps])
   base = run.synthetic("oversample")
   assert run.downstream_set(base, masks=True) is base
+  # The stored sweeps were scored on unmasked samples: with masks on, w is chosen anew (here a
+  # read-only run must refuse to compute it rather than reuse the unmasked choice).
+  masked = experiment_config(cfg)
+  masked = dataclasses.replace(masked, evaluation=dataclasses.replace(masked.evaluation,
+                                                                        synthetic_masks=True))
+  assert Experiment(experiment_config(cfg), wd, readonly=True).selection_for("tardiff")
+  with pytest.raises(PermissionError, match="read-only"):
+    Experiment(masked, wd, readonly=True).selection_for("tardiff")
 
 
 def test_cli_help_modes_and_errors(tmp_path):

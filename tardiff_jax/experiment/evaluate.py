@@ -18,6 +18,7 @@ from tardiff_jax.evaluation.downstream import CURVE_GRID
 from tardiff_jax.experiment import gate
 from tardiff_jax.experiment.methods import METHODS, DiffusionMethod, get_method
 from tardiff_jax.experiment.run import Experiment, SyntheticSet
+from tardiff_jax.experiment.selection import sweep_name
 
 LIBRARY_TIMESNET = (32, 64, 2, 6)  # Time-Series-Library: d_model, d_ff, e_layers, num_kernels.
 
@@ -125,8 +126,8 @@ def _timing(exp: Experiment, syn: dict[str, SyntheticSet]) -> dict[str, float]:
           "train_classifier_s": stage_seconds("timing", "train_classifier"),
           "cache_guidance_s": stage_seconds("guidance_cache", "cache"),
           "guide_gate_s": stage_seconds("guide_quality", "guide_quality"),
-          "select_scale_s": sum(stage_seconds("selection", n) for n in (
-              "scale_sweep", *(f"scale_sweep_{m}" for m in syn if m != "tardiff"))),
+          "select_scale_s": sum(stage_seconds("selection", sweep_name(m)) for m in syn
+                                if exp.selects_scale(m)),
           "generate_s": gen_s, "samples_per_s": n / max(gen_s, 1e-9) if n else 0.0}
 
 
@@ -154,8 +155,7 @@ def _plots(exp: Experiment, syn: dict[str, SyntheticSet], tsrtr, tstr, grad_norm
   for m in syn:
     if exp.selects_scale(m):
       sel = exp.selection_for(m)
-      rel = os.path.join("plots", "scale_sweep.png" if m == "tardiff" else
-                         f"scale_sweep_{m}.png")
+      rel = os.path.join("plots", f"{sweep_name(m)}.png")
       plots.plot_scale_sweep(wd.path(rel), sel.rows, selected=sel.selected)
       out[f"Guidance-scale sweep of {m} (evaluation-val)"] = rel
   if grad_norms:

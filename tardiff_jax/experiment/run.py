@@ -91,6 +91,7 @@ class Experiment:
     self._samplers: dict[Any, Any] = {}
     self._synthetic: dict[tuple[str, Any], SyntheticSet] = {}
     self._selections: dict[str, Any] = {}
+    self._class_factors: dict[str, np.ndarray] = {}
 
   def close(self) -> None:
     self.workdir.release()
@@ -171,10 +172,9 @@ class Experiment:
         raise ValueError(f"guidance.class_scales has {len(g.class_scales)} entries for "
                          f"{self.data.num_classes} classes.")
       return tuple(g.class_scales)
-    fixed = getattr(g, m.scale_field)
-    if fixed is not None:
-      return float(fixed)
-    return float(self.selection_for(method).selected)
+    if self.selects_scale(method):
+      return float(self.selection_for(method).selected)
+    return float(getattr(g, m.scale_field))
 
   def selects_scale(self, method: str) -> bool:
     """Whether `method`'s w is chosen on evaluation-val (a guided method whose scale is unset)."""
@@ -233,6 +233,8 @@ class Experiment:
             and m.score != "batch"):
       return None
     variant = g.variant if m.score == "influence" else m.score
+    if variant in self._class_factors:
+      return self._class_factors[variant]
     key = self.store.key("class_balance", f"class_balance_{variant}",
                          {"guide": self.guide.identity, "cache": self._cache[1],
                           "variant": variant, "train": self.data.fingerprint("train")})
@@ -247,7 +249,8 @@ class Experiment:
       stored = {"factors": f.tolist()}
       self.store.write_json(key, stored, seconds=time.perf_counter() - t0)
       self.log(f"class_balance: {variant}: per-class scale factors {np.round(f, 3).tolist()}")
-    return np.asarray(stored["factors"], np.float64)
+    self._class_factors[variant] = np.asarray(stored["factors"], np.float64)
+    return self._class_factors[variant]
 
   def train_counts(self) -> np.ndarray:
     return self.data.train.class_counts()

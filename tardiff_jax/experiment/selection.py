@@ -61,18 +61,24 @@ def choose_scale(rows: list[dict[str, Any]], criterion: str = "auprc") -> float:
   return float(max(rows, key=lambda r: (sign * r[criterion], -abs(r["scale"])))["scale"])
 
 
+def sweep_name(method: str) -> str:
+  """The artifact (and plot) name of `method`'s sweep: TarDiff keeps the historical name."""
+  return "scale_sweep" if method == "tardiff" else f"scale_sweep_{method}"
+
+
 def select_scale(exp, method: str = "tardiff") -> ScaleSelection:
   """The sweep of `method` in `exp` (an `Experiment`), computed once and stored
   (`Experiment.selection_for` keeps it for the run)."""
   grid = tuple(float(w) for w in exp.config.guidance.scale_grid)
   base = exp.synthetic_settings(method, None)
   base.pop("scale")
-  name = "scale_sweep" if method == "tardiff" else f"scale_sweep_{method}"
-  key = exp.store.key("selection", name,
+  evaluation = {"downstream": exp.config.evaluation.downstream}
+  if exp.config.evaluation.synthetic_masks:  # The sweep's models see masked samples.
+    evaluation["synthetic_masks"] = True
+  key = exp.store.key("selection", sweep_name(method),
                       {"grid": list(grid), method: settings_digest(base),
                        "criterion": CRITERION, "seeds": exp.protocol_seeds,
-                       "epoch_size": exp.epoch_size,
-                       "evaluation": {"downstream": exp.config.evaluation.downstream},
+                       "epoch_size": exp.epoch_size, "evaluation": evaluation,
                        "guide_val": exp.data.fingerprint("guide_val"),
                        "eval_val": exp.data.fingerprint("eval_val")})
   stored = exp.store.read_json(key)

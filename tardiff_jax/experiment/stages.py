@@ -49,7 +49,7 @@ from tardiff_jax.training.diffusion_trainer import (
 
 STATS_DRAWS = 2  # Noise draws per training stay for the sampler's gamma and x0 calibration.
 # The split the guidance classifier early-stops on: guidance-val only. Evaluation-val, which picks
-# the guidance scales, must not shape the guide (tests/test_experiment.py poisons it to check).
+# the guidance scales, must not shape the guide (tests/test_selection.py poisons it to check).
 GUIDE_STOP_SPLIT = "guide_val"
 
 
