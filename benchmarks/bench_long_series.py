@@ -1,7 +1,8 @@
 """How every stage scales with the series length T (e.g. eICU's 288 five-minute steps).
 
   python benchmarks/bench_long_series.py [--Ts 24,96,288] [--Cs 3,7] [--group 12]
-      [--before-Ts 24,288] [--before-Cs 3] [--sample-batch 32] [--sample-steps 20]
+      [--before-Ts 24,288] [--before-Cs 3] [--before-impl unfold] [--sample-batch 32]
+      [--sample-steps 20]
 
 For each T and C, on simulated stays (`simulate_icu(T=...)`, z-scored; C = 3 keeps heart rate,
 respiratory rate and SpO2, eICU's channels), in one process:
@@ -15,9 +16,9 @@ respiratory rate and SpO2, eICU's channels), in one process:
     widths), one model alone and `--group` models vmapped: examples/s, from the difference of a
     2-epoch and a 1-epoch training (compilation excluded, the trainer's validation pass included);
     the TimesNet training step's XLA FLOPs per example;
-  * at `--before-Ts` x `--before-Cs`: the TimesNet group with the XLA-convolution TimesBlock
-    ("conv"), the path `choose_impl` took for long series before "unfold" (slow: one warm
-    epoch is timed, not two).
+  * at `--before-Ts` x `--before-Cs`: the TimesNet group with an earlier TimesBlock path
+    (`--before-impl`): "unfold" (row-wise matmuls, the long-series path before "spectral") or
+    "conv" (XLA convolutions, the one before that; slow: one warm epoch is timed, not two).
 Every throughput has its ratio to T = 24 (same C). Writes
 benchmarks/results/bench_long_series.{json,md}, shaped {"T": {"24": {"C3": {...}, "C7": {...},
 "timesnet_group_examples_per_s": ...}, ...}} (the top-level numbers of a T are at the largest C).
@@ -196,9 +197,10 @@ def bench_t_c(cfg, eicu_unet, t: int, c: int, args) -> dict:
       print(f"[bench] T={t} C={c}: {model} {name}", flush=True)
       row[f"{model}_{name}"] = bench_classifier(cfg, model, xt, yt, seeds)
   if t in args.before_Ts and c in args.before_Cs:
-    print(f"[bench] T={t} C={c}: timesnet group, conv", flush=True)
-    row["timesnet_group_conv"] = bench_classifier(cfg, "timesnet", xt, yt, args.group, "conv",
-                                                  one_epoch=True)
+    impl = args.before_impl
+    print(f"[bench] T={t} C={c}: timesnet group, {impl}", flush=True)
+    row[f"timesnet_group_{impl}"] = bench_classifier(cfg, "timesnet", xt, yt, args.group, impl,
+                                                     one_epoch=impl == "conv")
   print(f"[bench] T={t} C={c}: " + ", ".join(f"{k} {v:.4g}" for k, v in flat(row).items()),
         flush=True)
   return row
@@ -218,8 +220,9 @@ def flat(row: dict) -> dict:
       "gru_examples_per_s": row["gru_alone"]["examples_per_s"],
       "gru_group_examples_per_s": row["gru_group"]["examples_per_s"],
   }
-  if "timesnet_group_conv" in row:
-    out["timesnet_group_conv_examples_per_s"] = row["timesnet_group_conv"]["examples_per_s"]
+  for impl in ("unfold", "conv"):
+    if f"timesnet_group_{impl}" in row:
+      out[f"timesnet_group_{impl}_examples_per_s"] = row[f"timesnet_group_{impl}"]["examples_per_s"]
   return out
 
 
@@ -256,8 +259,10 @@ def main():
   ap.add_argument("--Cs", default="3,7")
   ap.add_argument("--group", type=int, default=12, help="models trained together (vmapped)")
   ap.add_argument("--before-Ts", default="24,288",
-                  help="T at which the TimesNet group also runs the XLA-convolution path")
-  ap.add_argument("--before-Cs", default="3", help="C at which the conv path runs")
+                  help="T at which the TimesNet group also runs an earlier path")
+  ap.add_argument("--before-Cs", default="3", help="C at which the earlier path runs")
+  ap.add_argument("--before-impl", default="unfold", choices=("unfold", "conv"),
+                  help="the earlier TimesBlock path timed at --before-Ts x --before-Cs")
   ap.add_argument("--n", type=int, default=512, help="training examples (classifiers)")
   ap.add_argument("--cache-n", type=int, default=512, help="guidance-cache examples")
   ap.add_argument("--sample-batch", type=int, default=32)

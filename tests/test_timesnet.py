@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
+from tardiff_jax.models.grid_conv import fft_size
 from tardiff_jax.models.timesnet import (
   InceptionBlock,
   TimesNet,
@@ -18,6 +19,7 @@ from tardiff_jax.models.timesnet import (
   choose_impl,
   conv_matrix_indices,
   inception_grid,
+  inception_spectral,
   inception_unfold,
   period_amplitudes,
   timesnet_periods,
@@ -68,11 +70,12 @@ def test_shapes_and_batch_independence_dense(tiny24):
   assert logits.shape == (4, 1)
 
 
-def test_long_series_unfold_path_equals_conv_and_dense():
-  """T=100, periods 12 and 33 (grids 9x12 and 4x33, both zero-padded): "auto" picks "unfold"
-  (the grid convs as row-wise matmuls); batch independence, and the same logits and parameter
-  gradients as the reference XLA convolutions ("conv") and the dense time map."""
-  assert choose_impl(100, (12, 33), 4, 4, 2) == "unfold"
+def test_long_series_spectral_path_equals_unfold_conv_and_dense():
+  """T=100, periods 12 and 33 (grids 9x12 and 4x33, both zero-padded): "auto" picks "spectral"
+  (the grid convs by an FFT along the phase axis); batch independence, and the same logits and
+  parameter gradients as the row-wise matmuls ("unfold"), the reference XLA convolutions
+  ("conv") and the dense time map."""
+  assert choose_impl(100, (12, 33), 4, 4, 2) == "spectral"
   clf, params = _tiny(100, 3, (12, 33), num_classes=3)
   x = jax.random.normal(jax.random.key(1), (4, 100, 3))
   logits = _check_batch_independence(jax.jit(clf.logits_fn), params, x)
@@ -85,26 +88,48 @@ def test_long_series_unfold_path_equals_conv_and_dense():
     loss = lambda p: jnp.sum(jax.nn.log_softmax(mod.apply({"params": p}, x)) * jax.nn.one_hot(y, 3))
     return jax.jit(lambda p: (mod.apply({"params": p}, x), jax.grad(loss)(p)))(params)
 
-  got = {impl: outputs(impl) for impl in ("unfold", "conv", "dense")}
-  np.testing.assert_allclose(got["unfold"][0], logits, rtol=1e-6, atol=1e-6)  # auto == unfold
-  for impl in ("conv", "dense"):
+  got = {impl: outputs(impl) for impl in ("spectral", "unfold", "conv", "dense")}
+  np.testing.assert_allclose(got["spectral"][0], logits, rtol=1e-6, atol=1e-6)  # auto
+  for impl in ("unfold", "conv", "dense"):
     np.testing.assert_allclose(got[impl][0], logits, rtol=1e-4, atol=1e-5)
-    for a, b in zip(jax.tree.leaves(got[impl][1]), jax.tree.leaves(got["unfold"][1])):
+    for a, b in zip(jax.tree.leaves(got[impl][1]), jax.tree.leaves(got["spectral"][1])):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
   with pytest.raises(ValueError, match="impl"):
     jax.eval_shape(TimesNet(num_outputs=3, periods=(12, 33), impl="fft").init, jax.random.key(9), x)
 
 
-def test_inception_unfold_equals_xla_conv():
-  """`inception_unfold` against `inception_grid` (XLA convolution) in float64 on grids that crop
-  the kernel in one direction, in both, and in neither."""
+def test_inception_unfold_and_spectral_equal_xla_conv():
+  """`inception_unfold` and `inception_spectral` against `inception_grid` (XLA convolution) in
+  float64 on grids that crop the kernel in one direction, in both, and in neither; one cycle (the
+  spectral path's matmul case), FFT lengths that are and are not 2-3-5 smooth (7 + 2 -> 9,
+  11 + 2 -> 15, 29 + 2 -> 32), and a kernel of width 1."""
   rng = np.random.RandomState(5)
   with jax.enable_x64(True):
     kernel, bias = rng.randn(5, 5, 3, 4), rng.randn(4)
-    for h, w in ((1, 8), (2, 2), (6, 7)):
+    for h, w in ((1, 8), (2, 2), (6, 7), (3, 11), (12, 29)):
       x = rng.randn(2, h, w, 3)
-      np.testing.assert_allclose(inception_unfold(x, kernel, bias), inception_grid(x, kernel, bias),
-                                 rtol=1e-12, atol=1e-12)
+      ref = inception_grid(x, kernel, bias)
+      np.testing.assert_allclose(inception_unfold(x, kernel, bias), ref, rtol=1e-12, atol=1e-12)
+      np.testing.assert_allclose(inception_spectral(x, kernel, bias), ref, rtol=1e-10, atol=1e-10)
+    x = rng.randn(2, 4, 6, 3)
+    np.testing.assert_allclose(inception_spectral(x, kernel[2:3, 2:3], bias),
+                               inception_grid(x, kernel[2:3, 2:3], bias), rtol=1e-12, atol=1e-12)
+
+
+def test_fft_size_is_the_next_2_3_5_smooth_length():
+  smooth = [n for n in range(1, 200) if all(p in (2, 3, 5) for p in _prime_factors(n))]
+  for n in range(1, 190):
+    assert fft_size(n) == min(m for m in smooth if m >= n)
+
+
+def _prime_factors(n):
+  out, p = [], 2
+  while n > 1:
+    while n % p == 0:
+      out.append(p)
+      n //= p
+    p += 1
+  return out
 
 
 def test_token_embedding_matmul_equals_conv():
@@ -252,9 +277,10 @@ def check_derivatives(loss_fn, params32, x_shape, seed, h=1e-5, rtol=1e-5):
     assert abs(float(np.vdot(gx_jvp, vx))) > 1e-8  # not a vacuous zero
 
 
-@pytest.mark.parametrize("impl", ["auto", "unfold"])
+@pytest.mark.parametrize("impl", ["auto", "spectral", "unfold"])
 def test_derivatives_match_finite_differences(impl):
-  """The dense map ("auto" at T=12) and the long-series matmul path ("unfold")."""
+  """The dense map ("auto" at T=12) and the long-series paths (FFT "spectral", matmul
+  "unfold"): first and second derivatives, which influence guidance needs."""
   clf, params = _tiny(12, 2, (6, 4), d_model=4, d_ff=4, num_kernels=3, impl=impl)
   assert choose_impl(12, (6, 4), 4, 4, 3) == "dense"
   assert clf.module.impl == impl
@@ -276,7 +302,7 @@ def test_batch_independence_at_eicu_length():
   x += np.sin(2 * np.pi * np.arange(288) / 24.0)[None, :, None]  # an hourly cycle of 24 steps
   periods = timesnet_periods(x, 2)
   assert 24 in periods
-  assert choose_impl(288, periods, 4, 4, 2) == "unfold"
+  assert choose_impl(288, periods, 4, 4, 2) == "spectral"
   clf, params = _tiny(288, 3, periods)
   logits = _check_batch_independence(jax.jit(clf.logits_fn), params, jnp.asarray(x))
   assert logits.shape == (4, 1)

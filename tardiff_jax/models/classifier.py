@@ -167,8 +167,8 @@ class Classifier(NamedTuple):
 
 
 def make_module(config: ClassifierConfig, impl: str = "auto") -> nn.Module:
-  """The Flax module of a config. `impl` is TimesNet's maths path ("auto", "dense", "unfold",
-  "conv": the same function, see `models.timesnet.choose_impl`); not part of the config."""
+  """The Flax module of a config. `impl` is TimesNet's maths path ("auto", "dense", "spectral",
+  "unfold", "conv": the same function, see `models.timesnet.choose_impl`); not in the config."""
   if config.model == "timesnet":
     return TimesNet(num_outputs=config.num_outputs, periods=tuple(config.periods),
                     d_model=config.d_model, d_ff=config.d_ff, e_layers=config.e_layers,

@@ -24,10 +24,11 @@ Speed (same maths): for short series (`choose_impl`, e.g. the default T=24) a Ti
 period branches of both Inception convs are two dense maps over time gathered from the merged
 kernels, i.e. two matmuls, instead of XLA convolutions on tiny (cycles x phase) grids (those ran
 ~10x slower; benchmarks/bench_timesnet_kernels.py). Long series (e.g. eICU's T=288) fold each
-branch to its grid and run the convs as row-wise matmuls ("unfold"): XLA's CPU convolution
-gradients slow down by an order of magnitude inside `lax.scan` and under `vmap` over models
-(benchmarks/bench_long_series.py). The XLA convolution path ("conv") is kept as the reference.
-Parameter names and init are unchanged.
+branch to its grid and run the convs with a real FFT along the phase axis ("spectral",
+`models/grid_conv.py`); "unfold" (row-wise matmuls) is the earlier long-series path, ~1.8x
+slower at T=288 under `vmap` over models, and XLA's CPU convolution gradients slow down by an
+order of magnitude there (benchmarks/bench_long_series.py). The XLA convolution path ("conv") is
+kept as the reference. Parameter names and init are unchanged.
 
 A period p collects every frequency f in 1..T//2 with T // f == p (the library's period of f);
 its amplitude is the mean over those frequencies (one frequency for the long periods, which is
@@ -44,6 +45,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
+
+from tardiff_jax.models.grid_conv import (
+  conv_matrix_indices,
+  dense_matrix,
+  inception_grid,
+  inception_spectral,
+  inception_unfold,
+)
 
 AMP_EPS = 1e-6  # Inside sqrt(re^2 + im^2 + eps): keeps the 2nd derivative bounded by eps^-1/2.
 
@@ -177,76 +186,6 @@ class InceptionBlock(nn.Module):
     return inception_grid(x, kernel, bias)
 
 
-def inception_grid(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K Cin Cout"],
-                   bias: Float[Array, " Cout"]) -> Float[Array, "B H W Cout"]:
-  """'Same' 2-D conv (XLA convolution) of a (cycles x phase) grid with a merged odd kernel,
-  cropped to the offsets the grid can reach."""
-  _, h, w, _ = x.shape
-  c = kernel.shape[0] // 2
-  ry, rx = min(c, h - 1), min(c, w - 1)
-  kernel = kernel[c - ry:c + ry + 1, c - rx:c + rx + 1].astype(x.dtype)
-  y = jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(1, 1), padding=((ry, ry), (rx, rx)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return y + bias.astype(x.dtype)
-
-
-def inception_unfold(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K Cin Cout"],
-                     bias: Float[Array, " Cout"]) -> Float[Array, "B H W Cout"]:
-  """The same 'same' 2-D conv as `inception_grid`, as matmuls (no XLA convolution).
-
-  The grid is padded by the cropped kernel's reach, the (2rx+1) column shifts are unfolded into
-  the channel axis ([B, H + 2ry, W, (2rx+1) Cin]) and each of the (2ry+1) kernel rows is one
-  matmul of a row-shifted slice with that row's kernel [(2rx+1) Cin, Cout], accumulated. Same
-  multiply-adds as the conv, (2rx+1)x the input's memory. On XLA's CPU backend the gradients of
-  small-grid convolutions are pathologically slow inside `lax.scan` and under `vmap` over models
-  (benchmarks/bench_long_series.py); these matmuls are not.
-  """
-  _, h, w, cin = x.shape
-  c = kernel.shape[0] // 2
-  ry, rx = min(c, h - 1), min(c, w - 1)
-  kernel = kernel[c - ry:c + ry + 1, c - rx:c + rx + 1].astype(x.dtype)
-  cout = kernel.shape[-1]
-  xp = jnp.pad(x, ((0, 0), (ry, ry), (rx, rx), (0, 0)))
-  cols = jnp.concatenate([xp[:, :, j:j + w] for j in range(2 * rx + 1)], axis=-1)
-  y = None
-  for i in range(2 * ry + 1):
-    term = jnp.einsum("bhwc,co->bhwo", cols[:, i:i + h],
-                      kernel[i].reshape((2 * rx + 1) * cin, cout))
-    y = term if y is None else y + term
-  return y + bias.astype(x.dtype)
-
-
-def conv_matrix_indices(t: int, periods: Sequence[int], reach: int,
-                        transpose: bool) -> np.ndarray:
-  """Flat kernel indices that turn the grid convs of all periods into one dense time map.
-
-  For period p the sequence (zero-padded to L_p = ceil(T/p) * p) is the grid (L_p/p x p) with
-  step s at cell (s // p, s % p); a 'same' conv with a (2r+1)^2 kernel K (cross-correlation)
-  gives out[s] = sum_u K[r + u//p - s//p, r + u%p - s%p] in[u], zero outside the kernel.
-  transpose=False (first Inception): rows u = the T real input steps (padded steps are zero),
-  columns s = the L_p grid cells of each period, concatenated -> [T, sum L_p].
-  transpose=True (second Inception): rows u = the sum L_p grid cells, columns s = the T kept
-  output steps of the same period (the crop) -> [sum L_p, T]; cells of other periods' blocks
-  never mix (the row block of period p only feeds period p's outputs, see TimesBlock).
-  Entries index K.reshape(-1) of a kernel with one extra zero row appended (index (2r+1)^2).
-  """
-  size = 2 * reach + 1
-  blocks = []
-  for p in periods:
-    length = -(-t // p) * p
-    a = np.arange(t)[:, None]  # real steps
-    s = np.arange(length)[None, :]  # grid cells
-    if transpose:  # in = cell s, out = step a
-      dy, dx = s // p - a // p, s % p - a % p
-    else:  # in = step a, out = cell s
-      dy, dx = a // p - s // p, a % p - s % p
-    ok = (np.abs(dy) <= reach) & (np.abs(dx) <= reach)
-    blocks.append(np.where(ok, (dy + reach) * size + (dx + reach), size * size))
-  idx = np.concatenate(blocks, axis=1)  # [T, sum L]
-  return idx.T if transpose else idx
-
-
 class LayerNorm(nn.Module):
   """LayerNorm over the last axis computed in the input's dtype (float64 checks need that)."""
 
@@ -262,21 +201,15 @@ class LayerNorm(nn.Module):
     return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
 
 
-def _dense_matrix(kernel: Array, idx: np.ndarray) -> Array:
-  """Gathers the dense map [rows, cols, Cin, Cout] of `conv_matrix_indices` from a merged kernel."""
-  k2 = kernel.reshape(-1, *kernel.shape[2:])
-  k2 = jnp.concatenate([k2, jnp.zeros((1, *k2.shape[1:]), k2.dtype)], axis=0)
-  return k2[jnp.asarray(idx)]
-
-
 def choose_impl(t: int, periods: Sequence[int], d_model: int, d_ff: int, num_kernels: int,
                 max_dense: int = 1 << 24, conv_cost: float = 3.0) -> str:
   """"dense" when the dense time map's multiply-adds are at most `conv_cost` times those of the
   cropped-kernel grid convs (XLA's CPU conv on these tiny grids ran ~3x slower per flop than the
   matmul: benchmarks/bench_timesnet_kernels.py) and each of its two matrices
-  (T * sum L_p * d_model * d_ff floats) is at most `max_dense`; "unfold" otherwise (long series,
-  e.g. T=288: the grid convs as row-wise matmuls, `inception_unfold`). "conv", the XLA
-  convolution, is never chosen: it is kept as the reference the others are tested against."""
+  (T * sum L_p * d_model * d_ff floats) is at most `max_dense`; "spectral" otherwise (long
+  series, e.g. T=288: the grid convs by an FFT along the phase axis, `inception_spectral`).
+  "unfold" (row-wise matmuls) and "conv" (the XLA convolution) are never chosen: they are kept
+  as references the others are tested against."""
   pairs, taps = 0, 0
   for p in periods:
     length = -(-t // p) * p
@@ -285,10 +218,11 @@ def choose_impl(t: int, periods: Sequence[int], d_model: int, d_ff: int, num_ker
     pairs += t * length
     taps += length * (2 * min(r, h - 1) + 1) * (2 * min(r, p - 1) + 1)
   dense_ok = pairs * d_model * d_ff <= max_dense
-  return "dense" if dense_ok and pairs <= conv_cost * taps else "unfold"
+  return "dense" if dense_ok and pairs <= conv_cost * taps else "spectral"
 
 
-IMPLS = ("auto", "dense", "unfold", "conv")
+IMPLS = ("auto", "dense", "spectral", "unfold", "conv")
+MATMUL_EMBEDDING = ("spectral", "unfold")  # paths whose token embedding is one matmul
 
 
 class TimesBlock(nn.Module):
@@ -298,10 +232,11 @@ class TimesBlock(nn.Module):
   maps over time built from the merged kernels (`conv_matrix_indices`), so the block is two
   matmuls [B, T*D] x [T*D, sum L_p * d_ff] and [B, sum L_p * d_ff] x [sum L_p * d_ff, T*D] with
   the softmax branch weights applied in between (the second conv is linear, and the weights sum
-  to one, so the bias is added once). "unfold" (long series) folds each branch to its
-  (cycles x phase) grid and computes the Inception convs as row-wise matmuls
-  (`inception_unfold`). "conv" folds the same grids and runs XLA convolutions: the reference
-  implementation, same maths, but its gradients are very slow on CPU under `lax.scan`/`vmap`.
+  to one, so the bias is added once). "spectral" (long series) folds each branch to its
+  (cycles x phase) grid and computes the Inception convs by an FFT along the phase axis
+  (`inception_spectral`); "unfold" as row-wise matmuls (`inception_unfold`). "conv" folds
+  the same grids and runs XLA convolutions: the reference implementation, same maths, but its
+  gradients are very slow on CPU under `lax.scan`/`vmap`.
   """
 
   d_ff: int
@@ -326,19 +261,20 @@ class TimesBlock(nn.Module):
       k1, b1 = inc1.merged()
       k2, b2 = inc2.merged()
       r = self.num_kernels - 1
-      w1 = _dense_matrix(k1.astype(x.dtype), conv_matrix_indices(t, self.periods, r, False))
-      w2 = _dense_matrix(k2.astype(x.dtype), conv_matrix_indices(t, self.periods, r, True))
+      w1 = dense_matrix(k1.astype(x.dtype), conv_matrix_indices(t, self.periods, r, False))
+      w2 = dense_matrix(k2.astype(x.dtype), conv_matrix_indices(t, self.periods, r, True))
       h = jnp.einsum("bud,usdf->bsf", x, w1) + b1.astype(x.dtype)  # [B, sum L, d_ff]
       h = nn.gelu(h, approximate=False)
       lengths = [-(-t // p) * p for p in self.periods]
       cell_branch = np.repeat(np.arange(len(self.periods)), lengths)  # [sum L]
       h = h * weight[:, cell_branch, None]
       return jnp.einsum("bsf,stfd->btd", h, w2) + b2.astype(x.dtype) + x
-    if impl == "unfold":
+    if impl in MATMUL_EMBEDDING:
       k1, b1 = inc1.merged()
       k2, b2 = inc2.merged()
-      conv1 = lambda g: inception_unfold(g, k1, b1)  # noqa: E731
-      conv2 = lambda g: inception_unfold(g, k2, b2)  # noqa: E731
+      grid_conv = inception_spectral if impl == "spectral" else inception_unfold
+      conv1 = lambda g: grid_conv(g, k1, b1)  # noqa: E731
+      conv2 = lambda g: grid_conv(g, k2, b2)  # noqa: E731
     else:  # Flax shares parameters across calls of one submodule, as the library shares its
       conv1, conv2 = inc1, inc2  # `self.conv` across the k periods.
     branches = []
@@ -393,7 +329,7 @@ class TimesNet(nn.Module):
   num_kernels: int = 6
   dropout: float = 0.1
   amp_eps: float = AMP_EPS
-  impl: str = "auto"  # TimesBlock maths: "auto" (choose_impl), "dense", "unfold", "conv" (same).
+  impl: str = "auto"  # TimesBlock maths: "auto" (choose_impl) or one of IMPLS (same maths).
 
   @nn.compact
   def __call__(self, x: Float[Array, "B T C"], mask: Float[Array, "B T"] | None = None,
@@ -408,7 +344,7 @@ class TimesNet(nn.Module):
     impl = self.impl
     if impl == "auto":
       impl = choose_impl(t, self.periods, self.d_model, self.d_ff, self.num_kernels)
-    h = TokenEmbedding(self.d_model, as_matmul=impl == "unfold", name="token_embedding")(x)
+    h = TokenEmbedding(self.d_model, as_matmul=impl in MATMUL_EMBEDDING, name="token_embedding")(x)
     h = h + jnp.asarray(sinusoidal_positions(t, self.d_model), h.dtype)
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     norm = LayerNorm(epsilon=1e-5, name="layer_norm")  # shared by all blocks
