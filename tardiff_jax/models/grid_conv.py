@@ -100,8 +100,8 @@ def inception_spectral(x: Float[Array, "B H W Cin"], kernel: Float[Array, "K K C
     return inception_unfold(x, kernel, bias)
   kernel, ry, rx = _crop(kernel, h, w, x.dtype)
   m = fft_size(w + rx)
-  xt = jnp.pad(jnp.transpose(x, (0, 3, 1, 2)), ((0, 0), (0, 0), (ry, ry), (0, 0)))
-  xf = jnp.fft.rfft(xt, n=m)  # [B, Cin, H + 2ry, F]
+  xf = jnp.fft.rfft(jnp.transpose(x, (0, 3, 1, 2)), n=m)  # [B, Cin, H, F]
+  xf = jnp.pad(xf, ((0, 0), (0, 0), (ry, ry), (0, 0)))  # zero rows transform to zero rows
   xs = jnp.concatenate([xf[:, :, i:i + h] for i in range(2 * ry + 1)], axis=1)
   # Kernel row i as a length-M filter g with g[-j mod M] = K[i, rx + j]: a circular convolution
   # with g is the cross-correlation with K's row.
