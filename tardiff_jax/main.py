@@ -3,6 +3,8 @@
   tardiff --config=configs/default.py --workdir=runs/sim            # the whole pipeline
   tardiff --config=configs/default.py --workdir=runs/sim --mode=generate --methods=tardiff
       --config.guidance.scale=100                                    # one method at w = 100
+  tardiff --config=configs/default.py --workdir=runs/sim --mode=generate --methods=tardiff
+      --num_samples=1000000                  # streamed to synthetic/tardiff_n1000000/, resumable
   tardiff --config=configs/default.py --print_config                 # every field and its help
 
 Any config field can be overridden as --config.<section>.<field>=<value>. Every stage skips
@@ -30,12 +32,20 @@ _MODE = flags.DEFINE_enum("mode", "pipeline", MODES, "Stage to run; 'pipeline' r
                           "and skips what the workdir holds.")
 _METHODS = flags.DEFINE_list("methods", None, "--mode=generate: the methods to generate "
                              "(default: evaluation.methods).")
+_NUM_SAMPLES = flags.DEFINE_integer(
+    "num_samples", None, "--mode=generate: draw this many samples per method (classes as "
+    "sampling.counts) into synthetic/<method>_n<N>/ chunk files with a manifest, one chunk in "
+    "memory; rerun the same command to resume after a kill.", lower_bound=1)
+_CHUNK_SIZE = flags.DEFINE_integer(
+    "chunk_size", None, "--num_samples: samples per chunk file, a multiple of "
+    "sampling.batch_size (default 64 batches).", lower_bound=1)
 _RETRAIN = flags.DEFINE_bool("retrain", False, "Discard checkpoints trained with other settings "
                              "than the config and train again (default: stop with an error).")
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config field with its "
                                   "value and meaning, then exit.")
 flags.mark_flag_as_required("config")
-KEY_FLAGS = ("config", "workdir", "mode", "methods", "retrain", "print_config")
+KEY_FLAGS = ("config", "workdir", "mode", "methods", "num_samples", "chunk_size", "retrain",
+             "print_config")
 
 
 def main(argv: list[str]) -> None:
@@ -60,7 +70,8 @@ def main(argv: list[str]) -> None:
 
   print(f"tardiff: mode={_MODE.value} workdir={_WORKDIR.value} devices={jax.devices()}",
         file=sys.stderr, flush=True)
-  run_mode(_MODE.value, cfg, _WORKDIR.value, retrain=_RETRAIN.value, methods=_METHODS.value)
+  run_mode(_MODE.value, cfg, _WORKDIR.value, retrain=_RETRAIN.value, methods=_METHODS.value,
+           num_samples=_NUM_SAMPLES.value, chunk_size=_CHUNK_SIZE.value)
 
 
 def run() -> None:

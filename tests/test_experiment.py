@@ -29,6 +29,7 @@ from tardiff_jax.experiment import (
     load_run,
     run_mode,
 )
+from tardiff_jax.sampling import load_stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALL_TIME = {"timing", "seconds", "train_time_s", "time_s", "notes"}
@@ -311,6 +312,30 @@ def test_synthetic_masks_give_diffusion_sets_real_missingness(tiny_run):
   assert Experiment(experiment_config(cfg), wd, readonly=True).selection_for("tardiff")
   with pytest.raises(PermissionError, match="read-only"):
     Experiment(masked, wd, readonly=True).selection_for("tardiff")
+
+
+def test_streamed_generation_equals_the_stored_set(tiny_run, tmp_path):
+  """--mode=generate --num_samples=N with N = the training count: the chunks (original units)
+  are the run's synthetic/<method>.npz sample for sample; baselines and other modes refuse."""
+  wd, cfg, _ = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  stored = load_dataset(os.path.join(copy, "synthetic", "tardiff.npz"))
+  batch = experiment_config(cfg).sampling.batch_size
+  man = run_mode("generate", cfg, copy, quiet=True, methods=["tardiff"],
+                 num_samples=len(stored.y), chunk_size=batch)["tardiff"]
+  out = os.path.join(copy, "synthetic", f"tardiff_n{len(stored.y)}")
+  assert len(man["chunks"]) == math.ceil(len(stored.y) / batch) > 1
+  assert man["meta"]["method"] == "tardiff"
+  x, y = load_stream(out)
+  np.testing.assert_array_equal(y, stored.y)
+  np.testing.assert_allclose(x, stored.x, rtol=1e-6, atol=1e-6)
+  with np.load(os.path.join(out, "chunk_000000.npz")) as first:
+    assert tuple(first["channel_names"]) == tuple(stored.channel_names)
+  with pytest.raises(ValueError, match="baseline"):
+    run_mode("generate", cfg, copy, quiet=True, methods=["oversample"], num_samples=10)
+  with pytest.raises(ValueError, match="mode 'generate'"):
+    run_mode("evaluate", cfg, copy, quiet=True, num_samples=10)
 
 
 def test_cli_help_modes_and_errors(tmp_path):

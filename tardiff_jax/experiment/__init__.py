@@ -19,7 +19,13 @@ from tardiff_jax.experiment.methods import (
     register_method,
 )
 from tardiff_jax.experiment.run import Experiment, SyntheticSet, load_run
-from tardiff_jax.experiment.runner import MODES, generate_methods, run_mode, run_pipeline
+from tardiff_jax.experiment.runner import (
+    MODES,
+    generate_methods,
+    run_mode,
+    run_pipeline,
+    stream_method,
+)
 from tardiff_jax.experiment.selection import ScaleSelection, select_scale
 from tardiff_jax.experiment.stages import IncompatibleWorkdirError, TrainedGuide
 from tardiff_jax.experiment.store import ArtifactStore, CorruptArtifactError
@@ -30,5 +36,5 @@ __all__ = [
     "DiffusionMethod", "Experiment", "IncompatibleWorkdirError", "ScaleSelection",
     "SyntheticSet", "TrainedGuide", "Workdir", "WorkdirLockedError", "evaluate",
     "generate_methods", "get_method", "load_run", "register_method", "run_mode", "run_pipeline",
-    "select_scale",
+    "select_scale", "stream_method",
 ]

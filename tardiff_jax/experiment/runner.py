@@ -6,9 +6,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import jax
+import numpy as np
+
 from tardiff_jax.experiment.evaluate import evaluate
-from tardiff_jax.experiment.methods import check_methods, get_method
+from tardiff_jax.experiment.methods import DIFFUSION_KEY, DiffusionMethod, check_methods, get_method
 from tardiff_jax.experiment.run import Experiment
+from tardiff_jax.experiment.store import settings_digest
+from tardiff_jax.sampling.generate import class_counts
+from tardiff_jax.sampling.stream import stream_generate
 
 MODES = ("pipeline", "data", "train_diffusion", "train_classifier", "cache_guidance", "generate",
          "evaluate")
@@ -19,6 +25,48 @@ def generate_methods(exp: Experiment, methods: Sequence[str] | None = None) -> d
   returns the published views."""
   return {m: exp.export_synthetic(exp.synthetic(m))
           for m in check_methods(methods or exp.config.evaluation.methods)}
+
+
+def stream_method(exp: Experiment, method: str, num_samples: int,
+                  chunk_size: int | None = None) -> dict[str, Any]:
+  """Draws `num_samples` samples of a diffusion method (classes as `sampling.counts`) into
+  <workdir>/synthetic/<method>_n<num_samples>/: chunk files in original units (x, y and the
+  channel and class names; samples are class-sorted, so a chunk may hold one class: read them
+  with `tardiff_jax.sampling.iter_chunks`) and manifest.json, with one chunk in host memory; a
+  rerun resumes where a killed one stopped (`sampling.stream.stream_generate`). With N equal to
+  the training count this is the run's synthetic/<method>.npz, sample for sample. Returns the
+  manifest."""
+  m = get_method(method)
+  if not isinstance(m, DiffusionMethod):
+    raise ValueError(f"--num_samples streams diffusion methods only; {method} is a baseline "
+                     "that resamples the training set.")
+  if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+    raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+  scale = exp.scale(method) if m.guided else None
+  sampled = "unguided" if m.guided and np.all(np.asarray(scale, np.float64) == 0.0) else method
+  d = exp.data
+  counts = class_counts(exp.train_counts(), mode=exp.config.sampling.counts, total=num_samples)
+  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), DIFFUSION_KEY)
+  out = exp.workdir.path("synthetic", f"{method}_n{int(num_samples)}")
+  extra = {"method": np.asarray(method),
+           "channel_names": np.asarray([str(c) for c in d.train.channel_names], np.str_),
+           "class_names": np.asarray([str(c) for c in d.train.class_names], np.str_)}
+  if scale is not None:
+    extra["scale"] = np.asarray(scale, np.float32)
+  settings = exp.synthetic_settings(method, scale)
+  settings.pop("counts")
+  meta = {"method": method, "scale": None if scale is None else np.asarray(scale).tolist(),
+          "settings": settings_digest(settings)}
+  exp.log(f"generate: streaming {int(num_samples)} samples of {method} to {out}")
+  t0 = time.perf_counter()
+  manifest = stream_generate(exp.sampler(sampled), exp.denoiser.params,
+                             exp.gparams(sampled, scale), key, counts, (d.train.T, d.train.C),
+                             exp.config.sampling.batch_size, out, chunk_size=chunk_size,
+                             transform=d.normalizer.inverse, extra=extra, meta=meta,
+                             progress=not exp.quiet)
+  exp.log(f"generate: {method}: {manifest['num_samples']} samples in "
+          f"{len(manifest['chunks'])} chunks ({time.perf_counter() - t0:.1f}s this call)")
+  return manifest
 
 
 def run_pipeline(exp: Experiment) -> dict[str, Any]:
@@ -49,8 +97,12 @@ def run_pipeline(exp: Experiment) -> dict[str, Any]:
 
 
 def run_mode(mode: str, config: Any, workdir: str, *, quiet: bool = False,
-             retrain: bool = False, methods: Sequence[str] | None = None) -> Any:
-  """Runs one mode of the `tardiff` command in `workdir` (holding its lock throughout)."""
+             retrain: bool = False, methods: Sequence[str] | None = None,
+             num_samples: int | None = None, chunk_size: int | None = None) -> Any:
+  """Runs one mode of the `tardiff` command in `workdir` (holding its lock throughout);
+  "generate" with `num_samples` streams each method to disk (`stream_method`)."""
+  if num_samples is not None and mode != "generate":
+    raise ValueError("num_samples is an option of mode 'generate'.")
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
   with Experiment(config, workdir, quiet=quiet, retrain=retrain) as exp:
@@ -65,6 +117,9 @@ def run_mode(mode: str, config: Any, workdir: str, *, quiet: bool = False,
       return exp.guide
     if mode == "cache_guidance":
       return exp.guidance_cache
+    if mode == "generate" and num_samples is not None:
+      return {m: stream_method(exp, m, num_samples, chunk_size)
+              for m in check_methods(methods or exp.config.evaluation.methods)}
     if mode == "generate":
       return generate_methods(exp, methods)
     return evaluate(exp)

@@ -84,13 +84,23 @@ def generate(sample_fn_jitted: Callable[..., Any], params, gparams, key: jax.Arr
   t0 = time.perf_counter()
   for b in range(num_batches):
     lo, hi = b * batch_size, min((b + 1) * batch_size, n)
-    yb = np.zeros((batch_size,), np.int32)
-    yb[: hi - lo] = labels[lo:hi]
-    yb_dev = place_fn(yb) if place_fn is not None else yb
-    out = sample_fn_jitted(params, gparams, jax.random.fold_in(key, b), yb_dev,
-                           (batch_size, t_len, c_len))
-    if isinstance(out, tuple):
-      out = out[0]
-    xs[lo:hi] = np.asarray(out)[: hi - lo]
+    xs[lo:hi] = draw_batch(sample_fn_jitted, params, gparams, key, labels, b, batch_size,
+                           (t_len, c_len), place_fn)
     prog.report(hi, elapsed_s=time.perf_counter() - t0)
   return xs, labels
+
+
+def draw_batch(sample_fn_jitted: Callable[..., Any], params, gparams, key: jax.Array,
+               labels: np.ndarray, b: int, batch_size: int, shape_tc: tuple[int, int],
+               place_fn: Callable[[np.ndarray], Any] | None = None) -> np.ndarray:
+  """Batch b of a generation over the class-sorted `labels`: the samples of labels[b * B:
+  (b + 1) * B] (the last batch padded with label 0, the padding dropped), key fold_in(key, b)."""
+  lo, hi = b * batch_size, min((b + 1) * batch_size, labels.size)
+  yb = np.zeros((batch_size,), np.int32)
+  yb[: hi - lo] = labels[lo:hi]
+  yb_dev = place_fn(yb) if place_fn is not None else yb
+  out = sample_fn_jitted(params, gparams, jax.random.fold_in(key, b), yb_dev,
+                         (batch_size, *shape_tc))
+  if isinstance(out, tuple):
+    out = out[0]
+  return np.asarray(out)[: hi - lo]
