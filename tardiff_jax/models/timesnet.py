@@ -25,8 +25,8 @@ period branches of both Inception convs are two dense maps over time gathered fr
 kernels, i.e. two matmuls, instead of XLA convolutions on tiny (cycles x phase) grids (those ran
 ~10x slower; benchmarks/bench_timesnet_kernels.py). Long series (e.g. eICU's T=288) fold each
 branch to its grid and run the convs with a real FFT along the phase axis ("spectral",
-`models/grid_conv.py`); "unfold" (row-wise matmuls) is the earlier long-series path, ~1.8x
-slower at T=288 under `vmap` over models, and XLA's CPU convolution gradients slow down by an
+`models/grid_conv.py`); "unfold" (row-wise matmuls) is the earlier long-series path, 1.7x
+slower at T=288 for 12 models under `vmap`, and XLA's CPU convolution gradients slow down by an
 order of magnitude there (benchmarks/bench_long_series.py). The XLA convolution path ("conv") is
 kept as the reference. Parameter names and init are unchanged.
 
