@@ -1,17 +1,18 @@
 """Streaming generation of a large cohort: peak host memory, speed, and a kill + resume.
 
   python benchmarks/bench_stream.py [--config tiny] [--method tardiff] [--scale 1]
-      [--num_samples 200000] [--kill_samples 20000]
+      [--num_samples 200000,1000000] [--kill_samples 20000]
 
 1. Prepares a workdir (the run's stages up to `--mode=generate --methods=<method>`, in a child
    process, with `--config.guidance.scale` fixed so no sweep runs).
-2. Streams `--num_samples` samples (`tardiff --mode=generate --num_samples=N`) in a fresh child
-   and records its peak resident memory (`ru_maxrss` from `os.wait4`: the whole process, with
-   imports, the loaded model and compilation), wall time and samples/s. The same samples held in
-   memory at once would take N * T * C * 4 bytes (reported next to it).
-3. Kill + resume: streams `--kill_samples` samples, SIGKILLs the child once two chunks are on
-   disk, reruns the same command, and compares every chunk's SHA-256 with an uninterrupted
-   generation of the same size in another directory (same workdir artifacts, copied).
+2. For each N in `--num_samples`, streams N samples (`tardiff --mode=generate
+   --num_samples=N`) in a fresh child and records its peak resident memory (`ru_maxrss` from
+   `os.wait4`: the whole process, with imports, the loaded model and compilation), wall time
+   and samples/s. The same samples held in memory at once would take N * T * C * 4 bytes
+   (reported next to it).
+3. Kill + resume: streams `--kill_samples` samples uninterrupted (its chunks' SHA-256 kept, the
+   directory moved aside), then the same command again, SIGKILLed once two chunks are on disk,
+   and rerun; every chunk's SHA-256 must equal the uninterrupted run's.
 Writes benchmarks/results/bench_stream.{json,md}.
 """
 
@@ -60,7 +61,7 @@ def main():
   ap.add_argument("--config", default="tiny")
   ap.add_argument("--method", default="tardiff")
   ap.add_argument("--scale", type=float, default=1.0)
-  ap.add_argument("--num_samples", type=int, default=200_000)
+  ap.add_argument("--num_samples", default="200000,1000000", help="comma-separated sizes")
   ap.add_argument("--kill_samples", type=int, default=20_000)
   ap.add_argument("--workdir", default=os.path.join(ROOT, "runs", "bench_stream"))
   ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bench_stream"))
@@ -76,25 +77,26 @@ def main():
     raise SystemExit(f"preparing {wd} failed:\n{tail}")
   res["prepare_s"] = wall
 
-  n = args.num_samples
-  out = os.path.join(wd, "synthetic", f"{args.method}_n{n}")
-  shutil.rmtree(out, ignore_errors=True)
-  print(f"[bench_stream] streaming {n} samples", flush=True)
-  rc, wall, rss, tail = run_child(tardiff(wd, args, ["--mode=generate", f"--num_samples={n}"]))
-  if rc:
-    raise SystemExit(f"streaming failed:\n{tail}")
-  man = tio.read_json(os.path.join(out, "manifest.json"))
-  t, c = man["shape_tc"]
-  res["stream"] = {"num_samples": man["num_samples"], "chunks": len(man["chunks"]),
-                   "chunk_size": man["chunk_size"], "batch_size": man["batch_size"],
-                   "shape_tc": [t, c], "wall_s": wall, "peak_rss_mib": rss / 2**20,
-                   "under_1_gib": rss < 2**30,
-                   "in_memory_x_mib": man["num_samples"] * t * c * 4 / 2**20,
-                   "disk_mib": sum(os.path.getsize(os.path.join(out, ch["file"]))
-                                   for ch in man["chunks"]) / 2**20}
+  res["stream"] = []
+  for n in (int(v) for v in args.num_samples.split(",")):
+    out = os.path.join(wd, "synthetic", f"{args.method}_n{n}")
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"[bench_stream] streaming {n} samples", flush=True)
+    rc, wall, rss, tail = run_child(tardiff(wd, args, ["--mode=generate", f"--num_samples={n}"]))
+    if rc:
+      raise SystemExit(f"streaming failed:\n{tail}")
+    man = tio.read_json(os.path.join(out, "manifest.json"))
+    t, c = man["shape_tc"]
+    res["stream"].append({
+        "num_samples": man["num_samples"], "chunks": len(man["chunks"]),
+        "chunk_size": man["chunk_size"], "batch_size": man["batch_size"], "shape_tc": [t, c],
+        "wall_s": wall, "peak_rss_mib": rss / 2**20, "under_1_gib": rss < 2**30,
+        "in_memory_x_mib": man["num_samples"] * t * c * 4 / 2**20,
+        "disk_mib": sum(os.path.getsize(os.path.join(out, ch["file"]))
+                        for ch in man["chunks"]) / 2**20})
+    shutil.rmtree(out)  # large; the numbers are kept
   rc, wall, rss0, _ = run_child([sys.executable, "-c", "import jax, tardiff_jax.experiment"])
   res["import_peak_rss_mib"] = rss0 / 2**20
-  shutil.rmtree(out)  # large; the numbers are kept
 
   k = args.kill_samples
   ref = os.path.join(wd, "synthetic", f"{args.method}_n{k}")
@@ -126,24 +128,25 @@ def main():
   shutil.rmtree(ref + "_reference")
   res["load_avg_after"] = os.getloadavg()
   tio.write_json(args.out + ".json", res)
-  s, kr = res["stream"], res["kill_resume"]
+  kr = res["kill_resume"]
   md = ["# Streaming generation: memory, speed, kill + resume", "", f"`{res['command']}`", "",
         f"{res['cpu_count']} CPUs, load average before {res['load_avg_before'][0]:.2f}. "
-        f"`{args.method}` at w = {args.scale}, config `{args.config}`.", "",
-        "| | value |", "|---|---|",
-        f"| samples | {s['num_samples']:,} ({s['shape_tc'][0]} x {s['shape_tc'][1]}) in "
-        f"{s['chunks']} chunks of {s['chunk_size']:,} |",
-        f"| peak RSS of the generating process | {s['peak_rss_mib']:.0f} MiB "
-        f"({'under' if s['under_1_gib'] else 'OVER'} 1 GiB; importing jax and the package "
-        f"alone: {res['import_peak_rss_mib']:.0f} MiB) |",
-        f"| the same x held in memory at once | {s['in_memory_x_mib']:.0f} MiB |",
-        f"| on disk | {s['disk_mib']:.0f} MiB |",
-        f"| wall time (process start to manifest) | {s['wall_s']:.1f} s "
-        f"({s['num_samples'] / s['wall_s']:.0f} samples/s incl. start-up) |",
-        f"| kill + resume ({kr['num_samples']:,} samples, {kr['chunks']} chunks, "
-        f"{kr['chunks_on_disk_at_kill']} on disk at the kill) | chunks "
-        f"{'identical to' if kr['equal_to_uninterrupted'] else 'DIFFER from'} an "
-        f"uninterrupted run (SHA-256) |", ""]
+        f"`{args.method}` at w = {args.scale}, config `{args.config}`. Peak RSS is the whole "
+        "generating process (imports, data, models, compilation); importing jax and the "
+        f"package alone takes {res['import_peak_rss_mib']:.0f} MiB.", "",
+        "| samples | chunks | peak RSS | under 1 GiB | x held at once would be | on disk | "
+        "wall (start to manifest) | samples/s |", "|---|---|---|---|---|---|---|---|"]
+  for s in res["stream"]:
+    md.append(f"| {s['num_samples']:,} ({s['shape_tc'][0]} x {s['shape_tc'][1]}) | "
+              f"{s['chunks']} x {s['chunk_size']:,} | {s['peak_rss_mib']:.0f} MiB | "
+              f"{'yes' if s['under_1_gib'] else 'NO'} | {s['in_memory_x_mib']:.0f} MiB | "
+              f"{s['disk_mib']:.0f} MiB | {s['wall_s']:.1f} s | "
+              f"{s['num_samples'] / s['wall_s']:.0f} |")
+  md += ["", f"Kill + resume: {kr['num_samples']:,} samples in {kr['chunks']} chunks, SIGKILL "
+         f"with {kr['chunks_on_disk_at_kill']} on disk, the same command rerun "
+         f"({kr['resume_wall_s']:.1f} s): chunks "
+         f"{'identical to' if kr['equal_to_uninterrupted'] else 'DIFFER from'} an "
+         "uninterrupted run's (SHA-256).", ""]
   tio.write_text(args.out + ".md", "\n".join(md))
   print(json.dumps(res, indent=2))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -109,7 +110,7 @@ def stream_generate(sample_fn_jitted: Callable[..., Any], params, gparams, key: 
   prog = Progress("generate", total=n, unit="samples", quiet=not progress)
   if have and progress:
     print(f"[generate] resuming: {sum(done)}/{num_chunks} chunks ({have} samples) on disk",
-          flush=True)
+          file=sys.stderr, flush=True)
   t0 = time.perf_counter()
   t_len, c_len = (int(s) for s in shape_tc)
   for i in range(num_chunks):
