@@ -26,30 +26,32 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_extract import run_child  # noqa: E402  (peak RSS of one child via os.wait4)
 
 from tardiff_jax import io as tio  # noqa: E402
 
 
 def tardiff(workdir: str, args, extra: list[str]) -> list[str]:
-  return [sys.executable, "-m", "tardiff_jax.main", f"--config={ROOT}/configs/{args.config}.py",
+  """The Python arguments of a `tardiff` run of `args.method` at `args.scale` in `workdir`."""
+  return ["-m", "tardiff_jax.main", f"--config={ROOT}/configs/{args.config}.py",
           f"--workdir={workdir}", f"--config.guidance.scale={args.scale}",
           f"--methods={args.method}", *extra]
 
 
-def run_child(cmd: list[str]) -> tuple[int, float, float, str]:
-  """(return code, wall s, peak RSS bytes of this child alone, output tail)."""
-  with tempfile.TemporaryFile("w+") as log:
-    t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    log.seek(0)
-    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss * 1024.0, log.read()[-3000:]
+def stream(workdir: str, args, n: int, what: str) -> tuple[float, float, str]:
+  """Streams n samples in a fresh child (what: for the error); (wall s, peak RSS bytes, out)."""
+  out = os.path.join(workdir, "synthetic", f"{args.method}_n{n}")
+  shutil.rmtree(out, ignore_errors=True)
+  print(f"[bench_stream] {what}: {n} samples", flush=True)
+  rc, wall, rss, tail = run_child(tardiff(workdir, args, ["--mode=generate",
+                                                         f"--num_samples={n}"]))
+  if rc:
+    raise SystemExit(f"{what} failed:\n{tail}")
+  return wall, rss, out
 
 
 def chunk_hashes(out: str) -> list[str]:
@@ -79,12 +81,7 @@ def main():
 
   res["stream"] = []
   for n in (int(v) for v in args.num_samples.split(",")):
-    out = os.path.join(wd, "synthetic", f"{args.method}_n{n}")
-    shutil.rmtree(out, ignore_errors=True)
-    print(f"[bench_stream] streaming {n} samples", flush=True)
-    rc, wall, rss, tail = run_child(tardiff(wd, args, ["--mode=generate", f"--num_samples={n}"]))
-    if rc:
-      raise SystemExit(f"streaming failed:\n{tail}")
+    wall, rss, out = stream(wd, args, n, "streaming")
     man = tio.read_json(os.path.join(out, "manifest.json"))
     t, c = man["shape_tc"]
     res["stream"].append({
@@ -95,22 +92,17 @@ def main():
         "disk_mib": sum(os.path.getsize(os.path.join(out, ch["file"]))
                         for ch in man["chunks"]) / 2**20})
     shutil.rmtree(out)  # large; the numbers are kept
-  rc, wall, rss0, _ = run_child([sys.executable, "-c", "import jax, tardiff_jax.experiment"])
+  rc, wall, rss0, _ = run_child(["-c", "import jax, tardiff_jax.experiment"])
   res["import_peak_rss_mib"] = rss0 / 2**20
 
   k = args.kill_samples
-  ref = os.path.join(wd, "synthetic", f"{args.method}_n{k}")
-  shutil.rmtree(ref, ignore_errors=True)
-  print(f"[bench_stream] uninterrupted {k} samples", flush=True)
-  rc, _, _, tail = run_child(tardiff(wd, args, ["--mode=generate", f"--num_samples={k}"]))
-  if rc:
-    raise SystemExit(f"reference generation failed:\n{tail}")
+  _, _, ref = stream(wd, args, k, "uninterrupted reference")
   ref_hashes = chunk_hashes(ref)
   shutil.move(ref, ref + "_reference")
   print(f"[bench_stream] {k} samples, killed after two chunks, resumed", flush=True)
   cmd = tardiff(wd, args, ["--mode=generate", f"--num_samples={k}"])
-  p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       start_new_session=True)
+  p = subprocess.Popen([sys.executable, *cmd], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)
   while not os.path.exists(os.path.join(ref, "chunk_000001.npz")):
     if p.poll() is not None:
       raise SystemExit("the generation ended before it could be killed; raise --kill_samples")

@@ -64,7 +64,6 @@ def draw_samples(exp: Experiment, overrides: dict, key_offset: int
   sampler to the model here)."""
   import jax
 
-  from tardiff_jax.experiment.methods import DIFFUSION_KEY
   from tardiff_jax.sampling import class_counts, generate, make_sampler
 
   base = exp.config.sampling
@@ -76,7 +75,7 @@ def draw_samples(exp: Experiment, overrides: dict, key_offset: int
                    static_argnames="shape")
   counts = class_counts(exp.train_counts(), mode=sampling.counts)
   # The key every diffusion method of the pipeline samples with (w = 0 of TarDiff = unguided).
-  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), DIFFUSION_KEY)
+  key = exp.sampling_key
   if key_offset:
     key = jax.random.fold_in(key, int(key_offset))
   train = exp.data.train

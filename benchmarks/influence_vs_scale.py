@@ -24,7 +24,6 @@ from tardiff_jax import io as tio
 from tardiff_jax.config import experiment_config, load_config
 from tardiff_jax.evaluation.protocols import exact_class_counts
 from tardiff_jax.experiment import Experiment
-from tardiff_jax.experiment.methods import DIFFUSION_KEY
 from tardiff_jax.influence import influence
 from tardiff_jax.sampling import generate
 
@@ -36,7 +35,7 @@ def measure(exp: Experiment, scales: list[float], n: int):
   data, denoiser, guide, cache = exp.data, exp.denoiser, exp.guide, exp.guidance_cache
   fn = exp.sampler("tardiff")
   counts = exact_class_counts(data.train.y, n, data.num_classes)
-  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), DIFFUSION_KEY)
+  key = exp.sampling_key
   score = jax.jit(lambda p, G, x, y: influence(guide.classifier.loss_fn, p, G, x, y, "dot"))
   rows, base = [], None
   for w in scales:

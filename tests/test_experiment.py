@@ -336,6 +336,8 @@ def test_streamed_generation_equals_the_stored_set(tiny_run, tmp_path):
     run_mode("generate", cfg, copy, quiet=True, methods=["oversample"], num_samples=10)
   with pytest.raises(ValueError, match="mode 'generate'"):
     run_mode("evaluate", cfg, copy, quiet=True, num_samples=10)
+  with pytest.raises(ValueError, match="chunk_size"):
+    run_mode("generate", cfg, copy, quiet=True, chunk_size=64)
 
 
 def test_cli_help_modes_and_errors(tmp_path):

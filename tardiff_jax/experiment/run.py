@@ -275,6 +275,18 @@ class Experiment:
         s["guidance"]["class_balance"] = True
     return s
 
+  @property
+  def sampling_key(self) -> jax.Array:
+    """The key of every diffusion method's samples (common random numbers across methods)."""
+    return jax.random.fold_in(jax.random.PRNGKey(self.config.seed), DIFFUSION_KEY)
+
+  def sampled_method(self, method: str, scale: Any) -> str:
+    """The method whose sampler draws `method` at `scale`: "unguided" for a guided method at
+    w = 0 (it adds 0 * J to every step: the unguided samples bit for bit, same key)."""
+    m = get_method(method)
+    zero = m.guided and np.all(np.asarray(scale, np.float64) == 0.0)
+    return "unguided" if zero else method
+
   def synthetic(self, method: str, scale: Any = None) -> SyntheticSet:
     """The method's synthetic set (drawn once, then read from the store); `scale` overrides
     the resolved w of a guided method (the scale sweep)."""
@@ -284,9 +296,7 @@ class Experiment:
     memo = (method, scale)
     if memo in self._synthetic:
       return self._synthetic[memo]
-    if m.guided and np.all(np.asarray(scale, np.float64) == 0.0):
-      # w = 0 adds 0 * J to every step: the unguided set bit for bit (common sampling key), so
-      # it is drawn (and stored) once, as the unguided set.
+    if self.sampled_method(method, scale) != method:  # w = 0: the unguided set, drawn once
       syn = dataclasses.replace(self.synthetic("unguided"), method=method, scale=scale)
       self._synthetic[memo] = syn
       return syn
@@ -301,9 +311,9 @@ class Experiment:
       if isinstance(m, BaselineMethod):
         x, y = m.make(self.data.train, counts, self.config.seed + stages.stream_seed(method))
       else:
-        rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), DIFFUSION_KEY)
         d = self.denoiser
-        x, y = generate(self.sampler(method), d.params, self.gparams(method, scale), rng, counts,
+        x, y = generate(self.sampler(method), d.params, self.gparams(method, scale),
+                        self.sampling_key, counts,
                         (self.data.train.T, self.data.train.C), self.config.sampling.batch_size,
                         progress=not self.quiet)
       seconds = time.perf_counter() - t0

@@ -6,11 +6,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 
 from tardiff_jax.experiment.evaluate import evaluate
-from tardiff_jax.experiment.methods import DIFFUSION_KEY, DiffusionMethod, check_methods, get_method
+from tardiff_jax.experiment.methods import DiffusionMethod, check_methods, get_method
 from tardiff_jax.experiment.run import Experiment
 from tardiff_jax.experiment.store import settings_digest
 from tardiff_jax.sampling.generate import class_counts
@@ -43,10 +42,9 @@ def stream_method(exp: Experiment, method: str, num_samples: int,
   if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
     raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
   scale = exp.scale(method) if m.guided else None
-  sampled = "unguided" if m.guided and np.all(np.asarray(scale, np.float64) == 0.0) else method
+  sampled = exp.sampled_method(method, scale)
   d = exp.data
   counts = class_counts(exp.train_counts(), mode=exp.config.sampling.counts, total=num_samples)
-  key = jax.random.fold_in(jax.random.PRNGKey(exp.config.seed), DIFFUSION_KEY)
   out = exp.workdir.path("synthetic", f"{method}_n{int(num_samples)}")
   extra = {"method": np.asarray(method),
            "channel_names": np.asarray([str(c) for c in d.train.channel_names], np.str_),
@@ -60,7 +58,8 @@ def stream_method(exp: Experiment, method: str, num_samples: int,
   exp.log(f"generate: streaming {int(num_samples)} samples of {method} to {out}")
   t0 = time.perf_counter()
   manifest = stream_generate(exp.sampler(sampled), exp.denoiser.params,
-                             exp.gparams(sampled, scale), key, counts, (d.train.T, d.train.C),
+                             exp.gparams(sampled, scale), exp.sampling_key, counts,
+                             (d.train.T, d.train.C),
                              exp.config.sampling.batch_size, out, chunk_size=chunk_size,
                              transform=d.normalizer.inverse, extra=extra, meta=meta,
                              progress=not exp.quiet)
@@ -103,6 +102,8 @@ def run_mode(mode: str, config: Any, workdir: str, *, quiet: bool = False,
   "generate" with `num_samples` streams each method to disk (`stream_method`)."""
   if num_samples is not None and mode != "generate":
     raise ValueError("num_samples is an option of mode 'generate'.")
+  if chunk_size is not None and num_samples is None:
+    raise ValueError("chunk_size is an option of a streamed generation (num_samples).")
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
   with Experiment(config, workdir, quiet=quiet, retrain=retrain) as exp:
