@@ -1,7 +1,9 @@
 """Atomic file writes: a killed run never leaves a half-written file that a later run trusts.
 
 Every file the package writes into a workdir goes through here: write to a temporary file in
-the same directory, flush and fsync, then `os.replace` (atomic on POSIX).
+the same directory, flush and fsync, then `os.replace` (atomic on POSIX). In a multi-process
+run only process 0 writes (`set_writer`, called by `tardiff_jax.parallel.initialize`): on the
+others every write here is computed and discarded.
 """
 
 from __future__ import annotations
@@ -19,11 +21,25 @@ import numpy as np
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_WRITER = [True]
+
+
+def set_writer(writer: bool) -> None:
+  """Whether this process writes files (False on every process but 0 of a multi-process run)."""
+  _WRITER[0] = bool(writer)
+
+
+def is_writer() -> bool:
+  return _WRITER[0]
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-  """Opens a temporary sibling of `path` for writing and renames it onto `path` on success."""
+  """Opens a temporary sibling of `path` for writing and renames it onto `path` on success (on a
+  process that does not write, an in-memory file that is dropped)."""
+  if not _WRITER[0]:
+    yield io.BytesIO() if "b" in mode else io.StringIO()
+    return
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -71,6 +87,8 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 def append_jsonl(path: str | os.PathLike, record: dict[str, Any]) -> None:
   """Appends one JSON line; a torn last line from a crash is skipped by `read_jsonl`."""
+  if not _WRITER[0]:
+    return
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "a") as f:
     f.write(json.dumps(record, default=_json_default) + "\n")

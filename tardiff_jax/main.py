@@ -6,6 +6,9 @@
   tardiff --config=configs/default.py --workdir=runs/sim --mode=generate --methods=tardiff
       --num_samples=1000000                  # streamed to synthetic/tardiff_n1000000/, resumable
   tardiff --config=configs/default.py --print_config                 # every field and its help
+  tardiff --config=configs/default.py --workdir=/shared/run --config.parallel.devices=0 \
+      --distributed --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+                                             # one of two processes (start the other with 1)
 
 Any config field can be overridden as --config.<section>.<field>=<value>. Every stage skips
 work already complete in --workdir, resumes interrupted training, and refuses a workdir whose
@@ -41,16 +44,35 @@ _CHUNK_SIZE = flags.DEFINE_integer(
     "sampling.batch_size (default 64 batches).", lower_bound=1)
 _RETRAIN = flags.DEFINE_bool("retrain", False, "Discard checkpoints trained with other settings "
                              "than the config and train again (default: stop with an error).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process run (jax.distributed.initialize) before anything "
+    "else; the mesh (--config.parallel.devices=0) then spans every process's devices, process 0 "
+    "alone writes, and --workdir must be on a filesystem every process sees. Without the next "
+    "three flags jax detects the cluster (e.g. SLURM, Cloud TPU).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "--distributed: host:port of "
+                                   "process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: number of "
+                                      "processes.", lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index "
+                                   "(0 .. num_processes - 1).", lower_bound=0)
 _PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print every config field with its "
                                   "value and meaning, then exit.")
 flags.mark_flag_as_required("config")
 KEY_FLAGS = ("config", "workdir", "mode", "methods", "num_samples", "chunk_size", "retrain",
-             "print_config")
+             "distributed", "coordinator_address", "num_processes", "process_id", "print_config")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not _DISTRIBUTED.value and any(f.value is not None for f in (
+      _COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+    raise app.UsageError("--coordinator_address, --num_processes and --process_id need "
+                         "--distributed.")
+  if _DISTRIBUTED.value:  # Before anything that may start jax's backend.
+    from tardiff_jax.parallel import initialize
+
+    initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from tardiff_jax.config import describe, experiment_config
 
   try:
@@ -68,10 +90,12 @@ def main(argv: list[str]) -> None:
 
   from tardiff_jax.experiment import run_mode
 
-  print(f"tardiff: mode={_MODE.value} workdir={_WORKDIR.value} devices={jax.devices()}",
+  print(f"tardiff: mode={_MODE.value} workdir={_WORKDIR.value} process "
+        f"{jax.process_index()}/{jax.process_count()} devices={jax.devices()}",
         file=sys.stderr, flush=True)
   run_mode(_MODE.value, cfg, _WORKDIR.value, retrain=_RETRAIN.value, methods=_METHODS.value,
-           num_samples=_NUM_SAMPLES.value, chunk_size=_CHUNK_SIZE.value)
+           num_samples=_NUM_SAMPLES.value, chunk_size=_CHUNK_SIZE.value,
+           quiet=jax.process_index() > 0)
 
 
 def run() -> None:

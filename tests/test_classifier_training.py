@@ -13,6 +13,7 @@ import pytest
 from tardiff_jax.evaluation import downstream
 from tardiff_jax.models.classifier import ClassifierConfig, make_classifier
 from tardiff_jax.training import classifier_trainer as ct
+from tardiff_jax.training import minibatches as mb
 
 T, C = 8, 2
 CFG = ClassifierConfig(model="gru", T=T, C=C, gru_hidden=4, gru_num_layers=1)
@@ -131,15 +132,15 @@ def test_checkpoint_skip(tmp_path, data, clf):
 
 
 def test_epoch_indices_cover_each_example_once():
-  idx = ct._epoch_indices(7, 3, n=200, batch=64, steps=4)
+  idx = mb.epoch_indices(7, 3, n=200, batch=64, steps=4)
   assert idx.shape == (4, 64)
   assert sorted(idx.reshape(-1)[:200].tolist()) == list(range(200))
-  assert not np.array_equal(idx, ct._epoch_indices(7, 4, n=200, batch=64, steps=4))
+  assert not np.array_equal(idx, mb.epoch_indices(7, 4, n=200, batch=64, steps=4))
 
 
 def test_class_weights_balance_classes():
   y = np.array([0] * 8 + [1] * 2)
-  w = ct._example_weights(y, True)
+  w = mb.example_weights(y, True)
   assert w[y == 0].sum() == pytest.approx(w[y == 1].sum())
   assert w.sum() == pytest.approx(10.0)
 
@@ -171,14 +172,14 @@ def test_bad_inputs_raise(clf, data):
 
 
 def test_epoch_indices_wrap_when_the_epoch_is_longer_than_the_set():
-  idx = ct._epoch_indices(7, 3, n=50, batch=64, steps=4, epoch_size=200)
+  idx = mb.epoch_indices(7, 3, n=50, batch=64, steps=4, epoch_size=200)
   flat = idx.reshape(-1)[:200]
   assert sorted(flat[:50].tolist()) == list(range(50))  # First pass: a permutation.
   assert np.bincount(flat, minlength=50).tolist() == [4] * 50  # Four full passes.
   assert not np.array_equal(flat[:50], flat[50:100])  # Each pass reshuffled.
   # epoch_size = n is the plain one-pass epoch.
-  np.testing.assert_array_equal(ct._epoch_indices(7, 3, 200, 64, 4, epoch_size=200),
-                                ct._epoch_indices(7, 3, 200, 64, 4))
+  np.testing.assert_array_equal(mb.epoch_indices(7, 3, 200, 64, 4, epoch_size=200),
+                                mb.epoch_indices(7, 3, 200, 64, 4))
 
 
 def test_subset_members_equal_training_on_their_rows_alone(data, clf):

@@ -13,6 +13,7 @@ workdir's config.json and Python code all reach the same fields:
   guidance         `GuidanceConfig` (tardiff_jax/influence/guidance.py)
   sampling         `SamplerConfig` (tardiff_jax/sampling/plan.py)
   evaluation       `EvaluationConfig` (tardiff_jax/evaluation/protocols.py)
+  parallel         `ParallelConfig` (tardiff_jax/parallel/sharding.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tardiff_jax.evaluation.protocols import EvaluationConfig
 from tardiff_jax.influence.guidance import GuidanceConfig
 from tardiff_jax.models.classifier import ClassifiersConfig
 from tardiff_jax.models.unet1d import UNetConfig
+from tardiff_jax.parallel.sharding import ParallelConfig
 from tardiff_jax.sampling.plan import SamplerConfig
 from tardiff_jax.training.classifier_trainer import TrainClassifierConfig
 from tardiff_jax.training.diffusion_trainer import DiffusionTrainConfig
@@ -50,6 +52,8 @@ class ExperimentConfig:
   guidance: GuidanceConfig = option(GuidanceConfig(), "Guidance and its scales.")
   sampling: SamplerConfig = option(SamplerConfig(), "Reverse process and generation.")
   evaluation: EvaluationConfig = option(EvaluationConfig(), "Protocols and methods.")
+  parallel: ParallelConfig = option(ParallelConfig(), "Devices: one data-parallel mesh for "
+                                    "every stage.")
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready nested dict (what a workdir's config.json holds)."""

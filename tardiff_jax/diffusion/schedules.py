@@ -64,6 +64,15 @@ def make_schedule(name: str = "ldm_linear", num_timesteps: int = 200, beta_start
                   max_beta: float = 0.999) -> Schedule:
   """Builds a `Schedule`. `beta_start`/`beta_end` are ignored by "cosine" (which uses `cosine_s`
   and clips betas at `max_beta`). Raises ValueError on unknown names or out-of-range values."""
+  arrays = schedule_arrays(name, num_timesteps, beta_start, beta_end, cosine_s, max_beta)
+  return Schedule(name=name, **{k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()})
+
+
+def schedule_arrays(name: str = "ldm_linear", num_timesteps: int = 200,
+                    beta_start: float = 5e-4, beta_end: float = 0.1, cosine_s: float = 0.008,
+                    max_beta: float = 0.999) -> dict[str, np.ndarray]:
+  """`make_schedule`'s arrays in float64 numpy, validated (no jax call: configs validate with it
+  before a multi-process run starts jax's backend)."""
   if name not in SCHEDULES:
     raise ValueError(f"Unknown schedule {name!r}; expected one of {SCHEDULES}.")
   if isinstance(num_timesteps, bool) or int(num_timesteps) != num_timesteps or num_timesteps < 1:
@@ -98,7 +107,7 @@ def make_schedule(name: str = "ldm_linear", num_timesteps: int = 200, beta_start
   for k, v in arrays.items():
     if not np.all(np.isfinite(v)):
       raise ValueError(f"Schedule {name!r} produced non-finite {k}; check its hyper-parameters.")
-  return Schedule(name=name, **{k: jnp.asarray(v, jnp.float32) for k, v in arrays.items()})
+  return arrays
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
@@ -138,7 +147,8 @@ class DiffusionConfig:
       raise ValueError(f"diffusion.loss must be 'l1' or 'l2', got {self.loss!r}.")
     if self.prediction not in ("eps", "v"):
       raise ValueError(f"diffusion.prediction must be 'eps' or 'v', got {self.prediction!r}.")
-    self.make_schedule()  # Validates the schedule hyper-parameters up front.
+    # Validates the schedule hyper-parameters up front (numpy only).
+    schedule_arrays(self.schedule, self.num_timesteps, self.beta_start, self.beta_end)
 
   def make_schedule(self) -> Schedule:
     return make_schedule(self.schedule, self.num_timesteps, self.beta_start, self.beta_end)

@@ -73,8 +73,8 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
                          minority: int | None = None, target: int | None = None,
                          refit_periods: bool = True, epoch_size: int | None = None,
                          also_score: dict[str, tuple[Any, Any]] | None = None,
-                         name: str = "evaluate_fresh",
-                         quiet: bool = True) -> list[dict[str, Any]]:
+                         name: str = "evaluate_fresh", quiet: bool = True,
+                         mesh=None) -> list[dict[str, Any]]:
   """`evaluate_fresh` for several training sets at once: one vmapped training of every
   (set, seed) member (e.g. TSTR and all TSRTR ratios of one method, 3 seeds each).
 
@@ -89,7 +89,8 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
   separate computations. `also_score` ({name: (x, y)}) scores the same trained models on more
   splits (e.g. a scale sweep scored on evaluation-val for the choice and on test for the record):
   result["also"][name] = {"auroc", "auprc", "log_loss": means over seeds, "seeds": per seed}.
-  Returns one `evaluate_fresh` result per set, in order.
+  `mesh` splits the group's members over devices (`train_classifier_seeds`). Returns one
+  `evaluate_fresh` result per set, in order.
   """
   if not fit_sets:
     raise ValueError("evaluate_fresh: need at least one training set.")
@@ -135,7 +136,8 @@ def evaluate_fresh_group(fit_sets: Sequence[tuple[Any, Any]], x_val, y_val, x_te
     classifier = make_classifier(cfg)
     params, hists = train_classifier_seeds(
         classifier, x_pool, y_pool, x_val, y_val, train_config, seeds * len(members),
-        subsets=subsets, epoch_size=epoch_size, target=target, name=name, quiet=quiet)
+        subsets=subsets, epoch_size=epoch_size, target=target, name=name, quiet=quiet,
+        mesh=mesh)
     p_val = predict_proba(classifier, params, x_val, train_config.eval_batch_size, stacked=True,
                           target=target)
     p_test = predict_proba(classifier, params, x_test, train_config.eval_batch_size,

@@ -70,9 +70,10 @@ def _losses(classifier, params, x: np.ndarray, y: np.ndarray, batch: int = 1024)
 
 
 def permuted_guides_auroc(cfg: ExperimentConfig, data: PreparedData, guide,
-                          quiet: bool = True) -> list[float]:
+                          quiet: bool = True, mesh=None) -> list[float]:
   """Guidance-val AUROCs of `guidance.gate_permutations` guides trained like `guide` (same
-  seed, so the same init and minibatches; one vmapped group) on permuted training labels."""
+  seed, so the same init and minibatches; one vmapped group, split over `mesh`'s devices) on
+  permuted training labels."""
   k = cfg.guidance.gate_permutations
   if not k:
     return []
@@ -81,13 +82,14 @@ def permuted_guides_auroc(cfg: ExperimentConfig, data: PreparedData, guide,
   stop, gv, target = getattr(data, stages.GUIDE_STOP_SPLIT), data.guide_val, data.target_class
   params, _ = train_classifier_seeds(
       guide.classifier, data.train.x, data.train.y, stop.x, stop.y, cfg.train_classifier,
-      [cfg.seed] * k, labels=labels, target=target, name="guide_gate", quiet=quiet)
+      [cfg.seed] * k, labels=labels, target=target, name="guide_gate", quiet=quiet, mesh=mesh)
   p = predict_proba(guide.classifier, params, gv.x, stacked=True, target=target)
   return [float(skm.roc_auc_score(gv.y == target, pi)) for pi in p]
 
 
 def assess_guide(cfg: ExperimentConfig, data: PreparedData, guide, store: ArtifactStore,
-                 quiet: bool = True, permuted: list[float] | None = None) -> GuideQuality:
+                 quiet: bool = True, permuted: list[float] | None = None,
+                 mesh=None) -> GuideQuality:
   """The guide's quality on guidance-val (an artifact of the guide). `permuted` gives the
   label-free reference's AUROCs when already known (else `permuted_guides_auroc` trains it)."""
   gv, target = data.guide_val, data.target_class
@@ -104,7 +106,7 @@ def assess_guide(cfg: ExperimentConfig, data: PreparedData, guide, store: Artifa
     losses = _losses(guide.classifier, guide.params, gv.x, gv.y)
     y = (gv.y == target).astype(np.int32)
     metrics = bootstrap_intervals(y, p, losses, RESAMPLES, LEVEL, seed=cfg.seed)
-    null = (permuted_guides_auroc(cfg, data, guide, quiet) if permuted is None
+    null = (permuted_guides_auroc(cfg, data, guide, quiet, mesh) if permuted is None
             else [float(a) for a in permuted])
     names = data.train.class_names
     norms = {names[int(c)]: {**v, "cv": float(v["std"] / max(v["mean"], 1e-12))}

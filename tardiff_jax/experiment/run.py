@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from tardiff_jax import io as tio
+from tardiff_jax import parallel
 from tardiff_jax.config.schema import ExperimentConfig, experiment_config
 from tardiff_jax.data.loaders import save_dataset
 from tardiff_jax.data.prepare import PreparedData, prepare_data
@@ -108,6 +109,13 @@ class Experiment:
 
   # ------------------------------------------------------------------ trained pieces
   @functools.cached_property
+  def mesh(self):
+    """The run's device mesh (`parallel.devices`), shared by every stage; None: one device."""
+    mesh = parallel.run_mesh(self.config.parallel.devices)
+    parallel.check_divisible("sampling.batch_size", self.config.sampling.batch_size, mesh)
+    return mesh
+
+  @functools.cached_property
   def data(self) -> PreparedData:
     t0 = time.perf_counter()
     data = prepare_data(self.config.data)
@@ -123,7 +131,8 @@ class Experiment:
   @functools.cached_property
   def denoiser(self) -> stages.Denoiser:
     return stages.train_denoiser(self.config, self.data, self.workdir, self.store,
-                                 retrain=self.retrain, readonly=self.readonly, quiet=self.quiet)
+                                 retrain=self.retrain, readonly=self.readonly, quiet=self.quiet,
+                                 mesh=self.mesh)
 
   @functools.cached_property
   def guide(self) -> stages.TrainedGuide:
@@ -134,14 +143,16 @@ class Experiment:
   def guide_quality(self):
     """The guide's guidance-val metrics and the gate's verdict (`gate.GuideQuality`); warns,
     or stops with guidance.gate = "error", when it has no guidance signal."""
-    q = gate.assess_guide(self.config, self.data, self.guide, self.store, self.quiet)
+    q = gate.assess_guide(self.config, self.data, self.guide, self.store, self.quiet,
+                          mesh=self.mesh)
     guided = [m for m in self.config.evaluation.methods if get_method(m).guided]
     gate.check(q, self.config, guided)
     return q
 
   @functools.cached_property
   def _cache(self):
-    return stages.guidance_cache(self.config, self.data, self.guide, self.store, self.quiet)
+    return stages.guidance_cache(self.config, self.data, self.guide, self.store, self.quiet,
+                                 self.mesh)
 
   @property
   def guidance_cache(self):
@@ -151,7 +162,7 @@ class Experiment:
   @functools.cached_property
   def _fit(self):
     return stages.fit_sampler_stats(self.config, self.data, self.denoiser, self.store,
-                                    self.quiet)
+                                    self.quiet, self.mesh)
 
   @property
   def sampler_fit(self):
@@ -212,8 +223,15 @@ class Experiment:
       d, fit = self.denoiser, self.sampler_fit
       fn = make_sampler(d.apply_fn, d.schedule, self.config.sampling, d.num_classes,
                         guidance_fn=guidance_fn, gamma=fit.gamma, calibration=fit.calibration)
-      self._samplers[m.score] = jax.jit(fn, static_argnames="shape")
+      self._samplers[m.score] = parallel.shard_sampler(fn, self.mesh)  # jit, batch on the mesh
     return self._samplers[m.score]
+
+  def draw_inputs(self, method: str, scale: Any) -> dict[str, Any]:
+    """`generate`'s params, gparams and place_fn for `method` at `scale`, on the run's mesh."""
+    mesh = self.mesh
+    return {"params": parallel.replicate(mesh, self.denoiser.params),
+            "gparams": parallel.replicate(mesh, self.gparams(method, scale)),
+            "place_fn": None if mesh is None else functools.partial(parallel.shard_rows, mesh)}
 
   def gparams(self, method: str, scale: Any) -> Any:
     """The guidance hook's parameters for a guided method at `scale` (None when unguided);
@@ -311,11 +329,11 @@ class Experiment:
       if isinstance(m, BaselineMethod):
         x, y = m.make(self.data.train, counts, self.config.seed + stages.stream_seed(method))
       else:
-        d = self.denoiser
-        x, y = generate(self.sampler(method), d.params, self.gparams(method, scale),
+        inputs = self.draw_inputs(method, scale)
+        x, y = generate(self.sampler(method), inputs["params"], inputs["gparams"],
                         self.sampling_key, counts,
                         (self.data.train.T, self.data.train.C), self.config.sampling.batch_size,
-                        progress=not self.quiet)
+                        progress=not self.quiet, place_fn=inputs["place_fn"])
       seconds = time.perf_counter() - t0
       x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
       self.store.write_arrays(key, {"x": x, "y": y}, seconds=seconds)
@@ -405,7 +423,7 @@ class Experiment:
                                    target=data.target_class, epoch_size=self.epoch_size,
                                    also_score={s: (getattr(data, s).x, getattr(data, s).y)
                                                for s in also},
-                                   name=label, quiet=self.quiet)
+                                   name=label, quiet=self.quiet, mesh=self.mesh)
     seconds = time.perf_counter() - t0
     out = {}
     for name, res in zip(fits, results):

@@ -57,12 +57,12 @@ def stream_method(exp: Experiment, method: str, num_samples: int,
           "settings": settings_digest(settings)}
   exp.log(f"generate: streaming {int(num_samples)} samples of {method} to {out}")
   t0 = time.perf_counter()
-  manifest = stream_generate(exp.sampler(sampled), exp.denoiser.params,
-                             exp.gparams(sampled, scale), exp.sampling_key, counts,
-                             (d.train.T, d.train.C),
+  inputs = exp.draw_inputs(sampled, scale)
+  manifest = stream_generate(exp.sampler(sampled), inputs["params"], inputs["gparams"],
+                             exp.sampling_key, counts, (d.train.T, d.train.C),
                              exp.config.sampling.batch_size, out, chunk_size=chunk_size,
                              transform=d.normalizer.inverse, extra=extra, meta=meta,
-                             progress=not exp.quiet)
+                             progress=not exp.quiet, place_fn=inputs["place_fn"])
   exp.log(f"generate: {method}: {manifest['num_samples']} samples in "
           f"{len(manifest['chunks'])} chunks ({time.perf_counter() - t0:.1f}s this call)")
   return manifest

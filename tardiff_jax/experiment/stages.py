@@ -128,8 +128,9 @@ def denoiser_identity(denoiser: Denoiser) -> str:
 
 def train_denoiser(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
                    store: ArtifactStore, *, retrain: bool = False, readonly: bool = False,
-                   quiet: bool = False) -> Denoiser:
-  """Trains, resumes or reloads the denoiser of `workdir` on the training split."""
+                   quiet: bool = False, mesh=None) -> Denoiser:
+  """Trains, resumes or reloads the denoiser of `workdir` on the training split (data-parallel
+  over `mesh`'s devices, when given)."""
   wanted = _denoiser_meta(cfg, data)
   if readonly:
     denoiser = load_diffusion(workdir.denoiser_dir)
@@ -144,7 +145,7 @@ def train_denoiser(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
       d.x, d.y, d.mask, workdir.denoiser_dir, unet=cfg.unet, diffusion=cfg.diffusion,
       train=cfg.train_diffusion, num_classes=data.num_classes, seed=cfg.seed,
       extra_meta={k: wanted[k] for k in ("data", "data_config", "normalizer")},
-      metrics_path=workdir.metrics, quiet=quiet)
+      metrics_path=workdir.metrics, quiet=quiet, mesh=mesh)
   if denoiser.trained_steps > 0:
     store.write_json(store.key("timing", "train_diffusion", denoiser_identity(denoiser)),
                      {"step": denoiser.step, "trained_steps": denoiser.trained_steps},
@@ -231,7 +232,8 @@ def cache_key_settings(cfg: ExperimentConfig, data: PreparedData,
 
 
 def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuide,
-                   store: ArtifactStore, quiet: bool = False) -> tuple[GuidanceCache, str]:
+                   store: ArtifactStore, quiet: bool = False,
+                   mesh=None) -> tuple[GuidanceCache, str]:
   """G = mean gradient of the guide's loss over guidance-val (the other half of validation picks
   the guidance scale); returns (cache, its identity)."""
   settings = cache_key_settings(cfg, data, guide)
@@ -245,7 +247,7 @@ def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuid
   gv = data.guide_val
   cache = build_guidance_cache(guide.classifier.loss_fn, guide.params, gv.x, gv.y,
                                batch_size=g.cache_batch_size, class_filter=g.class_filter,
-                               normalize=g.normalize_cache)
+                               normalize=g.normalize_cache, mesh=mesh)
   store.write_with(key, lambda p: save_cache(p, cache, meta={"guide": guide.identity,
                                                              "guidance_split": "guide_val"}),
                    seconds=cache.build_seconds)
@@ -259,7 +261,8 @@ def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuid
 
 
 def fit_sampler_stats(cfg: ExperimentConfig, data: PreparedData, denoiser: Denoiser,
-                      store: ArtifactStore, quiet: bool = False) -> tuple[SamplerFit, str]:
+                      store: ArtifactStore, quiet: bool = False,
+                      mesh=None) -> tuple[SamplerFit, str]:
   """What the config's sampler needs from the denoiser (gamma and/or the x0 calibration),
   fitted on the training split filled as in training; returns (fit, its identity)."""
   scfg = cfg.sampling
@@ -280,7 +283,7 @@ def fit_sampler_stats(cfg: ExperimentConfig, data: PreparedData, denoiser: Denoi
   t0 = time.perf_counter()
   rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), stream_seed("denoiser_stats"))
   fit = fit_sampler(denoiser.apply_fn, denoiser.params, denoiser.schedule, scfg, x, d.y, rng,
-                    data.num_classes, batch_size=scfg.batch_size, draws=STATS_DRAWS)
+                    data.num_classes, batch_size=scfg.batch_size, draws=STATS_DRAWS, mesh=mesh)
   seconds = time.perf_counter() - t0
   store.write_arrays(key, {**fit.to_arrays(),
                            "layout": np.asarray("[step, class, channel, DCT frequency]")},

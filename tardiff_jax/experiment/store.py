@@ -71,7 +71,8 @@ class ArtifactKey:
 class ArtifactStore:
   """Artifacts under `root` (a workdir), indexed by `root/manifest.json`.
 
-  Only one process writes a workdir (its lock); `readonly` stores refuse writes.
+  Only one process writes a workdir (its lock; in a multi-process run, process 0: the others
+  compute the same artifacts and discard them); `readonly` stores refuse writes.
   """
 
   def __init__(self, root: str, readonly: bool = False):
@@ -124,6 +125,8 @@ class ArtifactStore:
     return path
 
   def _record(self, key: ArtifactKey, seconds: float | None) -> None:
+    if not tio.is_writer():  # Another process of a multi-process run writes (and records).
+      return
     path = self.path(key)
     manifest = self._load_manifest()
     manifest["artifacts"][key.relpath] = {

@@ -20,6 +20,8 @@ import errno
 import fcntl
 import os
 
+from tardiff_jax import io as tio
+
 LOCK = ".lock"
 
 
@@ -59,8 +61,8 @@ class Workdir:
   def acquire(self) -> None:
     """Takes the workdir's lock (an flock on `.lock`, released by the OS if the process dies,
     so a killed run never leaves a stale lock). Raises WorkdirLockedError naming the holder."""
-    if self._lock_fd is not None:
-      return
+    if self._lock_fd is not None or not tio.is_writer():
+      return  # In a multi-process run process 0 holds the lock for all.
     os.makedirs(self.root, exist_ok=True)
     fd = os.open(self.path(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
     try:

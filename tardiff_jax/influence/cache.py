@@ -18,10 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from tardiff_jax import io as tio
 from tardiff_jax.data.dataset import check_series
 from tardiff_jax.influence.scores import LossFn, tree_norm
+from tardiff_jax.parallel.sharding import replicate, replicated, round_up, shard_rows, to_host
 
 CLASS_FILTERS = ("all", "minority", "majority")
 
@@ -67,10 +69,12 @@ def select_rows(y: np.ndarray, class_filter: str = "all") -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _make_accumulate(loss_fn: LossFn):
+def _make_accumulate(loss_fn: LossFn, mesh: Mesh | None = None):
   """jitted (acc, params, x[B,T,C], y[B], w[B]) -> acc + grad_phi sum_i w_i l(x_i, y_i).
 
-  Cached per loss_fn, so building several caches with one classifier compiles once per shape.
+  Cached per (loss_fn, mesh), so building several caches with one classifier compiles once per
+  shape. With a mesh the batch arrives split over the devices and the sum is reduced across them
+  into a replicated accumulator.
   """
   def weighted_sum(params, x, y, w):
     losses = jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, x, y)
@@ -80,16 +84,21 @@ def _make_accumulate(loss_fn: LossFn):
     g = jax.grad(weighted_sum)(params, x, y, w)
     return jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), acc, g)
 
-  return jax.jit(accumulate, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(accumulate, donate_argnums=(0,))
+  return jax.jit(accumulate, donate_argnums=(0,), out_shardings=replicated(mesh))
 
 
 def build_guidance_cache(loss_fn: LossFn, params: Any, x: np.ndarray, y: np.ndarray,
                          batch_size: int = 256, class_filter: str = "all",
-                         normalize: bool = False, eps: float = 1e-12) -> GuidanceCache:
+                         normalize: bool = False, eps: float = 1e-12,
+                         mesh: Mesh | None = None) -> GuidanceCache:
   """G = mean over the kept guidance rows of grad_phi loss_fn(params, x_i, y_i).
 
   x: float32[N, T, C], y: int[N]. Rows are processed in vmapped batches of `batch_size`; the
   last batch is padded with zero-weight copies of row 0. `normalize` divides G by its l2 norm.
+  With a `mesh` each batch (rounded up to a multiple of the device count, the extra rows
+  zero-weight) is split over the devices; G equals the unsharded one up to float sum order.
   """
   if batch_size <= 0:
     raise ValueError(f"cache batch_size must be positive, got {batch_size}.")
@@ -98,18 +107,22 @@ def build_guidance_cache(loss_fn: LossFn, params: Any, x: np.ndarray, y: np.ndar
   rows = select_rows(y, class_filter)
   xs, ys = x[rows], y[rows].astype(np.int32)
   n = xs.shape[0]
-  bs = min(batch_size, n)
+  bs = round_up(min(batch_size, n), mesh)
   nb = -(-n // bs)
   pad = nb * bs - n
   w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
   xs = np.concatenate([xs, np.repeat(xs[:1], pad, axis=0)])
   ys = np.concatenate([ys, np.repeat(ys[:1], pad, axis=0)])
 
-  accumulate = _make_accumulate(loss_fn)
-  acc = jax.tree_util.tree_map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params)
+  accumulate = _make_accumulate(loss_fn, mesh)
+  acc = replicate(mesh, jax.tree_util.tree_map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32),
+                                               params))
+  params = replicate(mesh, params)
   for b in range(nb):
     sl = slice(b * bs, (b + 1) * bs)
-    acc = accumulate(acc, params, xs[sl], ys[sl], w[sl])
+    acc = accumulate(acc, params, *(shard_rows(mesh, a[sl]) for a in (xs, ys, w)))
+  if mesh is not None:
+    acc = jax.tree_util.tree_map(jnp.asarray, to_host(acc))
   G = jax.tree_util.tree_map(lambda a: a / n, acc)
   norm = float(tree_norm(G))
   if normalize:

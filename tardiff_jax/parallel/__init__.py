@@ -1,13 +1,27 @@
-"""`jax.sharding` meshes for data-parallel sampling."""
+"""`jax.sharding` meshes: data-parallel training, guidance cache, sampler fits, sampling and
+protocol groups over one mesh, on one host or several (`jax.distributed`)."""
 
 from tardiff_jax.parallel.sharding import (
+    ParallelConfig,
     batch_sharding,
+    check_divisible,
+    constrain_rows,
     generate_sharded,
+    initialize,
+    is_writer,
     make_mesh,
+    mesh_size,
     replicate,
+    replicated,
+    round_up,
+    run_mesh,
     shard_batch,
+    shard_rows,
     shard_sampler,
+    to_host,
 )
 
-__all__ = ["batch_sharding", "generate_sharded", "make_mesh", "replicate", "shard_batch",
-           "shard_sampler"]
+__all__ = ["ParallelConfig", "batch_sharding", "check_divisible", "constrain_rows",
+           "generate_sharded", "initialize", "is_writer", "make_mesh", "mesh_size", "replicate",
+           "replicated", "round_up", "run_mesh", "shard_batch", "shard_rows", "shard_sampler",
+           "to_host"]

@@ -17,11 +17,19 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array
 
 from tardiff_jax.data.dataset import check_series
 from tardiff_jax.diffusion import gaussian
 from tardiff_jax.diffusion.schedules import Schedule
+from tardiff_jax.parallel.sharding import (
+    check_divisible,
+    replicate,
+    replicated,
+    shard_rows,
+    to_host,
+)
 from tardiff_jax.sampling.dct import dct_matrix, to_freq
 from tardiff_jax.sampling.plan import SamplerConfig, sampling_plan
 from tardiff_jax.sampling.predictors import X0Calibration, make_predictor
@@ -36,16 +44,20 @@ def _check_training_series(x0, y, num_classes, batch_size, draws):
 
 def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule: Schedule,
                 config: SamplerConfig, x0: np.ndarray, y: np.ndarray, key: jax.Array,
-                num_classes: int, batch_size: int, draws: int) -> dict[str, np.ndarray]:
+                num_classes: int, batch_size: int, draws: int,
+                mesh: Mesh | None = None) -> dict[str, np.ndarray]:
   """Per plan step and class, sums over training series x `draws` noise draws of the DCT-domain
   statistics `stats_fn(params, z0, z_t, x_t, t, yb, index) -> {name: [B, C, F]}`, where x_t =
   q_sample(x0, t, eps), z0 = D x0 and z_t = D x_t: {name: float64[S, K, C, F]}, plus "count" [K].
-  Static batch shapes (the last batch is padded with zero-weight rows); deterministic."""
+  Static batch shapes (the last batch is padded with zero-weight rows); deterministic. With a
+  `mesh` each batch is split over the devices (batch_size must divide by their count) and the
+  class sums are reduced across them: the same noise draws, so the same sums up to float order.
+  """
+  check_divisible("batch_size", batch_size, mesh)
   plan = sampling_plan(schedule, config)
   ts, idx = jnp.asarray(plan.t), jnp.asarray(plan.index)
   k = int(num_classes)
 
-  @jax.jit
   def batch_sums(params, xb, yb, wb, bkey):
     def one(args):
       t, i, tkey = args
@@ -55,6 +67,10 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule
       return {n: jax.ops.segment_sum(v * wb[:, None, None], yb, num_segments=k)
               for n, v in stats.items()}
     return jax.lax.map(one, (ts, idx, jax.random.split(bkey, ts.shape[0])))  # [S, K, C, F]
+
+  batch_sums = (jax.jit(batch_sums) if mesh is None
+                else jax.jit(batch_sums, out_shardings=replicated(mesh)))
+  params = replicate(mesh, params)
 
   n, b = len(x0), int(batch_size)
   total: dict[str, np.ndarray] = {}
@@ -68,9 +84,9 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule
         yb = np.concatenate([yb, np.zeros(pad, np.int32)])
         wb = np.concatenate([wb, np.zeros(pad, np.float32)])
       bkey = jax.random.fold_in(jax.random.fold_in(key, dr), i)
-      out = batch_sums(params, jnp.asarray(xb), jnp.asarray(yb), jnp.asarray(wb), bkey)
-      for name, v in out.items():
-        total[name] = total.get(name, 0.0) + np.asarray(v, np.float64)
+      out = batch_sums(params, *(shard_rows(mesh, a) for a in (xb, yb, wb)), bkey)
+      for name, v in to_host(out).items():
+        total[name] = total.get(name, 0.0) + v.astype(np.float64)
   total["count"] = np.bincount(y, minlength=k).astype(np.float64) * int(draws)
   return total
 
@@ -78,7 +94,7 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule
 def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedule,
                    config: SamplerConfig, x0: np.ndarray, y: np.ndarray, key: jax.Array,
                    num_classes: int, batch_size: int = 256, draws: int = 1,
-                   calibration: Any = None) -> np.ndarray:
+                   calibration: Any = None, mesh: Mesh | None = None) -> np.ndarray:
   """Analytic-DPM's gamma for the sampling plan of `config`, per class, channel and time
   frequency: float32[S, K, C, T], at step s the mean over class-k series of (D eps_hat)^2 at
   channel c, frequency f, where D is the orthonormal DCT along time (`dct_matrix`; f = 0 is
@@ -89,7 +105,7 @@ def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedu
   stationary series. x0[N, T, C] are training series in the model's space, filled as in
   training; eps_hat is the sampler's own predictor (`make_predictor`: true labels, the config's
   cfg_scale and, given, `calibration`). A class without series gets gamma 1 (no correction).
-  Deterministic given `key`.
+  Deterministic given `key`; `mesh` splits each batch over devices (see `_class_sums`).
   """
   x0, y = _check_training_series(x0, y, num_classes, batch_size, draws)
   eps_fn = make_predictor(apply_fn, schedule, config, num_classes, calibration)
@@ -98,7 +114,7 @@ def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedu
     return {"e2": jnp.square(to_freq(eps_fn(p, x_t, t, yb, index)))}
 
   sums = _class_sums(stats, params, schedule, config, x0, y, key, num_classes, batch_size,
-                     draws)
+                     draws, mesh)
   counts = sums["count"][:, None, None]  # [K, 1, 1]
   gamma = np.where(counts > 0, sums["e2"] / np.maximum(counts, 1), 1.0)
   return gamma.astype(np.float32)
@@ -107,7 +123,7 @@ def estimate_gamma(apply_fn: Callable[..., Array], params: Any, schedule: Schedu
 def estimate_calibration(apply_fn: Callable[..., Array], params: Any, schedule: Schedule,
                          config: SamplerConfig, x0: np.ndarray, y: np.ndarray, key: jax.Array,
                          num_classes: int, batch_size: int = 256, draws: int = 1,
-                         max_slope: float = 4.0) -> X0Calibration:
+                         max_slope: float = 4.0, mesh: Mesh | None = None) -> X0Calibration:
   """Least-squares recalibration of the sampler's x0_hat on training series: per plan step s,
   class k, channel c and DCT frequency f, the line z0 ~ slope * z_hat + intercept that best
   predicts z0 = (D x0)[c, f] from z_hat = (D x0_hat(x_t))[c, f] over class-k series and `draws`
@@ -123,7 +139,7 @@ def estimate_calibration(apply_fn: Callable[..., Array], params: Any, schedule: 
   varies give unstable ratios; where it does not vary at all only the offset is fitted), and a
   class without series gets the identity. x0 and eps_hat
   as in `estimate_gamma` (cfg included, no calibration). Returns float32 (slope, intercept),
-  each [S, K, C, F]; deterministic.
+  each [S, K, C, F]; deterministic; `mesh` as in `estimate_gamma`.
   """
   x0, y = _check_training_series(x0, y, num_classes, batch_size, draws)
   if not max_slope > 1.0:
@@ -144,7 +160,7 @@ def estimate_calibration(apply_fn: Callable[..., Array], params: Any, schedule: 
     return {"z": z, "h": h, "zz": z * z, "hh": h * h, "zh": z * h}
 
   sums = _class_sums(stats, params, schedule, config, x0, y, key, num_classes, batch_size,
-                     draws)
+                     draws, mesh)
   n = np.maximum(sums["count"], 1)[:, None, None]
   mz, mh = sums["z"] / n, sums["h"] / n
   var_h, var_z = sums["hh"] / n - mh * mh, sums["zz"] / n - mz * mz
@@ -191,11 +207,12 @@ def needs_fit(config: SamplerConfig) -> bool:
 
 def fit_sampler(apply_fn: Callable[..., Array], params: Any, schedule: Schedule,
                 config: SamplerConfig, x0: np.ndarray, y: np.ndarray, key: jax.Array,
-                num_classes: int, batch_size: int = 256, draws: int = 2) -> SamplerFit:
+                num_classes: int, batch_size: int = 256, draws: int = 2,
+                mesh: Mesh | None = None) -> SamplerFit:
   """The calibration (when `config.calibrate_x0`), then gamma of the calibrated predictor (when
   `config.variance == "analytic"`), both from `key`; x0 are training series in the model's
   space, filled as in training."""
-  kw = dict(batch_size=batch_size, draws=draws)
+  kw = dict(batch_size=batch_size, draws=draws, mesh=mesh)
   cal = (estimate_calibration(apply_fn, params, schedule, config, x0, y, key, num_classes, **kw)
          if config.calibrate_x0 else None)
   gamma = (estimate_gamma(apply_fn, params, schedule, config, x0, y, key, num_classes,

@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from tardiff_jax.parallel.sharding import to_host
 from tardiff_jax.training.progress import Progress
 
 
@@ -103,4 +104,4 @@ def draw_batch(sample_fn_jitted: Callable[..., Any], params, gparams, key: jax.A
                          (batch_size, *shape_tc))
   if isinstance(out, tuple):
     out = out[0]
-  return np.asarray(out)[: hi - lo]
+  return to_host(out)[: hi - lo]

@@ -99,7 +99,7 @@ def stream_generate(sample_fn_jitted: Callable[..., Any], params, gparams, key: 
     return tio.read_json(manifest_path)
 
   for name in os.listdir(out_dir):  # temporaries of chunk writes a kill interrupted
-    if name.startswith(".tmp-chunk_"):
+    if name.startswith(".tmp-chunk_") and tio.is_writer():
       os.unlink(os.path.join(out_dir, name))
   labels = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
   n, per_chunk = labels.size, chunk_size // batch_size

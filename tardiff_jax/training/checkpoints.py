@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tardiff_jax import io as tio
+from tardiff_jax.parallel.sharding import is_writer, to_host
 
 CHECKSUMS = "checksums.json"
 
@@ -104,7 +105,7 @@ class CheckpointStore:
            force: bool = True) -> None:
     """Saves `state` (a pytree of arrays) and `meta` (JSON-serialisable) at `step`; blocks until
     written, then records the step's checksums."""
-    state = jax.tree_util.tree_map(np.asarray, jax.device_get(state))
+    state = to_host(state)
     if int(step) in self._bad and int(step) in self._manager.all_steps():
       self._manager.delete(int(step))  # The damaged copy of this step is replaced.
     self._manager.save(
@@ -114,10 +115,11 @@ class CheckpointStore:
             meta=ocp.args.JsonSave(_jsonable(meta or {}))),
         force=force)
     self._manager.wait_until_finished()
-    sums = {k: v for k, v in self._checksums().items()
-            if int(k) in set(self._manager.all_steps())}
-    sums[str(int(step))] = file_checksums(_step_dir(self.directory, step))
-    tio.write_json(os.path.join(self.directory, CHECKSUMS), sums)
+    if is_writer():  # With several processes orbax writes through process 0; so do we.
+      sums = {k: v for k, v in self._checksums().items()
+              if int(k) in set(self._manager.all_steps())}
+      sums[str(int(step))] = file_checksums(_step_dir(self.directory, step))
+      tio.write_json(os.path.join(self.directory, CHECKSUMS), sums)
     self._bad.discard(int(step))
 
   def _restore_good(self, step: int | None, args_fn) -> tuple[int, Any]:

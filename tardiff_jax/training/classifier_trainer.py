@@ -37,7 +37,9 @@ from tardiff_jax.config.fields import option
 from tardiff_jax.data.dataset import check_series
 from tardiff_jax.data.prepare import target_class
 from tardiff_jax.models.classifier import class_probability, per_example_losses
+from tardiff_jax.parallel.sharding import mesh_size, replicate, shard_rows, to_host
 from tardiff_jax.training.checkpoints import CheckpointStore, meta_mismatch
+from tardiff_jax.training.minibatches import check_subsets, epoch_indices, example_weights
 from tardiff_jax.training.progress import Progress
 
 Array = jax.Array
@@ -83,7 +85,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
                            epoch_size: int | None = None, target: int | None = None,
                            labels: Sequence[np.ndarray] | None = None,
                            name: str = "train_classifier", metrics_path: str | None = None,
-                           quiet: bool = False) -> tuple[PyTree, list[dict[str, Any]]]:
+                           quiet: bool = False, mesh=None) -> tuple[PyTree, list[dict[str, Any]]]:
   """Trains one classifier per member (seed), all members in one vmapped computation.
 
   Members may train on different data: with `subsets`, member i learns from the rows
@@ -113,6 +115,9 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     labels: optional S int arrays [N]: member i learns the labels `labels[i]` of the pool's rows
       instead of y_train (e.g. permuted labels, without copying x).
     name, metrics_path, quiet: progress output (one line per epoch; metrics.jsonl lines).
+    mesh: optional `jax.sharding.Mesh` (`tardiff_jax.parallel.run_mesh`): the members are split
+      over its devices (padded with copies of the last member to a multiple of the device
+      count; the copies are dropped). Each member's result does not depend on it.
   Returns:
     (params, histories): the best-validation-AUPRC params of every member stacked on a leading
     axis of size S, and one history dict per member.
@@ -125,7 +130,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   if any(s < 0 for s in seeds):
     raise ValueError(f"train_classifier: seeds must be >= 0; got {seeds}.")
   x_train, y_train = check_series(x_train, y_train, what="train_classifier: training x")
-  subsets = _check_subsets(subsets, len(seeds), x_train.shape[0])
+  subsets = check_subsets(subsets, len(seeds), x_train.shape[0])
   x_val, y_val = check_series(x_val, y_val, what="train_classifier: validation x")
   if x_val.shape[1:] != x_train.shape[1:]:
     raise ValueError(f"train_classifier: validation [T, C] {x_val.shape[1:]} differs from "
@@ -154,12 +159,16 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     if len(labels) != s_count:
       raise ValueError(f"train_classifier: got {len(labels)} label arrays for {s_count} seeds.")
   member_y = [y_train if labels is None else labels[i] for i in range(s_count)]
-  member_w = [_example_weights(member_y[i][r], config.class_weighting)
+  member_w = [example_weights(member_y[i][r], config.class_weighting)
               for i, r in enumerate(rows)]
 
+  members = s_count
+  extra = (-s_count) % mesh_size(mesh)  # Copies of the last member: the group splits evenly.
+  seeds, rows, sizes, member_y, member_w = (v + v[-1:] * extra for v in
+                                            (seeds, rows, sizes, member_y, member_w))
+  s_count += extra
   fns = _make_fns(classifier, config.learning_rate, t, c, int(target))
-  keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-  state = fns["init"](keys)
+  state = fns["init"](shard_rows(mesh, np.stack([jax.random.PRNGKey(s) for s in seeds])))
   best_params = jax.tree_util.tree_map(jnp.copy, state["params"])  # The chunk fn donates state.
   # An epoch runs as ceil(steps / CHUNK) calls of one compiled chunk of CHUNK minibatches that
   # are gathered here on the host, so the compiled shapes never depend on N: every training of
@@ -169,6 +178,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
 
   eval_b = min(int(config.eval_batch_size), x_val.shape[0])
   x_val_chunks, n_val = _chunks(x_val, eval_b)
+  x_val_chunks = replicate(mesh, x_val_chunks)
 
   hist = [{"seed": s, "train_loss": [], "val_auprc": [], "val_auroc": [], "best_epoch": 0,
            "best_val_auprc": -math.inf, "stopped_epoch": None} for s in seeds]
@@ -180,25 +190,25 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
   t0 = time.perf_counter()
   epochs_run = 0
   for epoch in range(1, config.max_epochs + 1):
-    local = [_epoch_indices(s, epoch, sizes[i], batch, num_chunks * CHUNK, n_epoch)
+    local = [epoch_indices(s, epoch, sizes[i], batch, num_chunks * CHUNK, n_epoch)
              for i, s in enumerate(seeds)]
     idx = np.stack([rows[i][loc] for i, loc in enumerate(local)])  # [S, steps, B] pool rows
     weights = np.stack([member_w[i][loc] for i, loc in enumerate(local)])
     valid = (np.arange(num_chunks * CHUNK * batch) < n_epoch).reshape(-1, batch).astype(
         np.float32)
     losses = []
-    active_dev = jnp.asarray(active)
+    active_dev = shard_rows(mesh, active)
     for k in range(num_chunks):
       sl = slice(k * CHUNK, (k + 1) * CHUNK)
       ib = idx[:, sl]  # [S, CHUNK, B]
       yb = y_train[ib] if labels is None else np.stack([member_y[i][ib[i]]
                                                         for i in range(s_count)])
-      state, loss_k = fns["epoch"](state, active_dev, jnp.asarray(x_train[ib]), jnp.asarray(yb),
-                                   jnp.asarray(weights[:, sl] * valid[sl][None]))
-      losses.append(np.asarray(loss_k)[:, : max(0, min(CHUNK, steps - k * CHUNK))])
+      state, loss_k = fns["epoch"](state, active_dev, *(shard_rows(mesh, a) for a in (
+          x_train[ib], yb, weights[:, sl] * valid[sl][None])))
+      losses.append(to_host(loss_k)[:, : max(0, min(CHUNK, steps - k * CHUNK))])
     losses = np.concatenate(losses, axis=1)
     probs = np.concatenate(
-        [np.asarray(fns["proba"](state["params"], xc)) for xc in x_val_chunks], axis=1)[:, :n_val]
+        [to_host(fns["proba"](state["params"], xc)) for xc in x_val_chunks], axis=1)[:, :n_val]
     losses = np.asarray(losses).mean(axis=1)
     improved = np.zeros(s_count, bool)
     for i in range(s_count):
@@ -215,7 +225,7 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
         h["best_epoch"], h["best_val_auprc"] = epoch, auprc
       else:
         wait[i] += 1
-    best_params = fns["keep"](jnp.asarray(improved), state["params"], best_params)
+    best_params = fns["keep"](shard_rows(mesh, improved), state["params"], best_params)
     epochs_run = epoch
     stop = active & (wait >= config.patience)
     for i in np.flatnonzero(stop):
@@ -228,11 +238,14 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     if not active.any():
       break
   jax.block_until_ready(best_params)
+  if s_count > members or mesh is not None:
+    best_params = jax.tree_util.tree_map(lambda a: jnp.asarray(a[:members]), to_host(best_params))
+    hist = hist[:members]
   elapsed = time.perf_counter() - t0
   for h, size in zip(hist, sizes):
     h.update(epochs_run=len(h["val_auprc"]), batch_size=batch, steps_per_epoch=steps,
              time_s=elapsed, group_epochs=epochs_run, n_train=size, epoch_size=n_epoch,
-             group_size=s_count)
+             group_size=members)
   return best_params, hist
 
 
@@ -305,54 +318,6 @@ def _build_fns(classifier, learning_rate: float, t: int, c: int, target: int) ->
       "proba": _proba_fn(classifier, True, target),
       "keep": jax.jit(keep),
   }
-
-
-def _example_weights(y: np.ndarray, class_weighting: bool) -> np.ndarray:
-  """Per-example loss weights: 1, or N / (K * n_class) for present classes ("balanced")."""
-  if not class_weighting:
-    return np.ones(y.shape, np.float32)
-  classes, counts = np.unique(y, return_counts=True)
-  k = max(int(y.max()) + 1, 2)
-  per_class = np.zeros(k, np.float64)
-  per_class[classes] = y.size / (len(classes) * counts)
-  return per_class[y].astype(np.float32)
-
-
-def _epoch_indices(seed: int, epoch: int, n: int, batch: int, steps: int,
-                   epoch_size: int | None = None) -> np.ndarray:
-  """The seed's minibatch indices into n rows for `epoch` -> int32[steps, B].
-
-  The first `epoch_size` (default n) positions follow a seeded permutation of the n rows, then
-  further seeded permutations when epoch_size > n; positions beyond epoch_size are padding (the
-  trainer gives them weight 0) and repeat earlier indices.
-  """
-  epoch_size = n if epoch_size is None else int(epoch_size)
-  perms = [np.random.default_rng([seed, epoch]).permutation(n)]
-  r = 1
-  while len(perms) * n < epoch_size:
-    perms.append(np.random.default_rng([seed, epoch, r]).permutation(n))
-    r += 1
-  perm = np.concatenate(perms)[:epoch_size]
-  pad = steps * batch - epoch_size
-  if pad > 0:
-    perm = np.concatenate([perm, np.resize(perm, pad)])  # Padded slots carry weight 0.
-  return perm[:steps * batch].reshape(steps, batch).astype(np.int32)
-
-
-def _check_subsets(subsets, count: int, n: int) -> list[np.ndarray | None]:
-  """Validates per-member row subsets (None = all rows for every member)."""
-  if subsets is None:
-    return [None] * count
-  subsets = [np.asarray(sub) for sub in subsets]
-  if len(subsets) != count:
-    raise ValueError(f"train_classifier: got {len(subsets)} subsets for {count} seeds.")
-  for i, sub in enumerate(subsets):
-    if sub.ndim != 1 or sub.size == 0 or sub.dtype.kind not in "iu":
-      raise ValueError(f"train_classifier: subset {i} must be a non-empty 1-D integer array.")
-    if sub.min() < 0 or sub.max() >= n or np.unique(sub).size != sub.size:
-      raise ValueError(f"train_classifier: subset {i} must hold distinct row indices in "
-                       f"[0, {n}).")
-  return [sub.astype(np.int64) for sub in subsets]
 
 
 def _chunks(x: np.ndarray, size: int) -> tuple[list[Array], int]:

@@ -20,12 +20,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from tardiff_jax.config.fields import option
 from tardiff_jax.data.dataset import check_series
 from tardiff_jax.data.normalizers import interpolate_missing
 from tardiff_jax.diffusion import DiffusionConfig, as_eps_model, eps_loss
 from tardiff_jax.models.unet1d import UNet1D, UNetConfig, init_params, make_denoiser
+from tardiff_jax.parallel.sharding import (
+    check_divisible,
+    constrain_rows,
+    replicate,
+    replicated,
+    round_up,
+    shard_rows,
+    to_host,
+)
 from tardiff_jax.training.checkpoints import CheckpointStore, meta_mismatch
 from tardiff_jax.training.progress import Progress
 
@@ -160,23 +170,32 @@ def _default_loss_fn(loss: str, prediction: str = "eps") -> Callable[..., Array]
 @functools.lru_cache(maxsize=8)
 def _cached_train_step(unet_cfg: UNetConfig, train_cfg: DiffusionTrainConfig,
                        diff_cfg: DiffusionConfig, num_examples: int,
-                       loss_fn: Callable[..., Array] | None):
-  """One compiled step per (configs, N, loss_fn): repeated / resumed runs do not recompile."""
+                       loss_fn: Callable[..., Array] | None, mesh: Mesh | None = None):
+  """One compiled step per (configs, N, loss_fn, mesh): repeated / resumed runs do not
+  recompile."""
   if loss_fn is None:
     loss_fn = _default_loss_fn(diff_cfg.loss, diff_cfg.prediction)
   return make_train_step(UNet1D(unet_cfg), make_optimizer(train_cfg), diff_cfg.make_schedule(),
-                         train_cfg, num_examples, loss_fn)
+                         train_cfg, num_examples, loss_fn, mesh)
 
 
 def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: Any,
                     train_cfg: DiffusionTrainConfig, num_examples: int,
-                    loss_fn: Callable[..., Array]) -> Callable[..., tuple[State, Array]]:
+                    loss_fn: Callable[..., Array],
+                    mesh: Mesh | None = None) -> Callable[..., tuple[State, Array]]:
   """Returns the jitted `step(state, x, y, mask) -> (state, loss)` (state donated).
 
   `loss_fn(apply_fn, params, schedule, x0, y, mask, key) -> scalar` is the denoising loss; the
   `apply_fn` it receives runs the U-Net in training mode (dropout, label dropout).
+
+  With a `mesh` the step is data-parallel: the minibatch is split over the devices (the batch
+  size must divide by their count), the state stays replicated (pass it `replicate`d, and x, y,
+  mask `shard_rows`-placed or replicated) and XLA reduces the gradients across devices. The
+  minibatch is still drawn from the global permutation, so a step equals the single-device step
+  up to the order of float sums.
   """
   batch = train_cfg.batch_size
+  check_divisible("train_diffusion.batch_size", batch, mesh)
   if num_examples < batch:
     raise ValueError(f"train_diffusion.batch_size={batch} exceeds the {num_examples} training "
                      f"examples.")
@@ -190,7 +209,7 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
     epoch, j = jnp.divmod(step, batches_per_epoch)
     perm = jax.random.permutation(jax.random.fold_in(data_root, epoch), num_examples)
     idx = jax.lax.dynamic_slice_in_dim(perm, j * batch, batch)
-    xb, yb, mb = x[idx], y[idx], mask[idx]
+    xb, yb, mb = constrain_rows(mesh, (x[idx], y[idx], mask[idx]))
 
     def train_apply(p, xt, t, yy):
       return module.apply({"params": p}, xt, t, yy, train=True,
@@ -208,7 +227,9 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
                  "rng": state["rng"]}
     return new_state, loss
 
-  return jax.jit(step_fn, donate_argnums=(0,))
+  if mesh is None:
+    return jax.jit(step_fn, donate_argnums=(0,))
+  return jax.jit(step_fn, donate_argnums=(0,), out_shardings=replicated(mesh))
 
 
 def denoiser_inputs(x: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
@@ -243,7 +264,8 @@ def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray |
                     train: DiffusionTrainConfig | None = None, num_classes: int | None = None,
                     seed: int = 0, extra_meta: dict[str, Any] | None = None,
                     loss_fn: Callable[..., Array] | None = None, stop_after: int | None = None,
-                    metrics_path: str | None = None, quiet: bool = False) -> Denoiser:
+                    metrics_path: str | None = None, quiet: bool = False,
+                    mesh: Mesh | None = None) -> Denoiser:
   """Trains (or resumes) the denoiser on normalised `x_train[N,T,C]`, `y_train[N]`, `mask`.
 
   Checkpoints go to `checkpoint_dir` every `train.checkpoint_every` steps and at the end, with
@@ -251,7 +273,9 @@ def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray |
   beside the checkpoint directory). An existing checkpoint is resumed (bit-identically)
   when its meta matches, refused with the differing settings named otherwise; one already at
   `num_steps` is returned without training. `stop_after=k` stops (with a checkpoint) after k
-  steps in total, to simulate an interruption. Missing values: NaN or mask False.
+  steps in total, to simulate an interruption. Missing values: NaN or mask False. With a
+  `mesh` (`tardiff_jax.parallel.run_mesh`) training is data-parallel (see `make_train_step`);
+  the training rows are split over the devices, each process placing only its devices' rows.
   """
   unet, diffusion = unet or UNetConfig(), diffusion or DiffusionConfig()
   train = train or DiffusionTrainConfig()
@@ -287,10 +311,13 @@ def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray |
       state = jax.tree_util.tree_map(jnp.asarray, state)
     else:
       state = init_state(unet, tx, seed, seq_len, channels)
-    start = int(state["step"])
+    start = int(to_host(state["step"]))
     if start < total:
-      step_fn = _cached_train_step(unet, train, diffusion, n, loss_fn)
-      xd, yd, md = jnp.asarray(x), jnp.asarray(y), jnp.asarray(m)
+      step_fn = _cached_train_step(unet, train, diffusion, n, loss_fn, mesh)
+      state = replicate(mesh, state)
+      pad = round_up(n, mesh) - n  # Rows never drawn (the permutation indexes the first n).
+      xd, yd, md = (shard_rows(mesh, np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]))
+                    if mesh is not None else jnp.asarray(a) for a in (x, y, m))
       progress = Progress("train_diffusion", total, start=start, metrics_path=metrics_path,
                           unit="step", quiet=quiet)
       losses = []
@@ -298,11 +325,11 @@ def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray |
         state, loss = step_fn(state, xd, yd, md)
         losses.append(loss)
         if s % train.log_every == 0 or s == total:
-          progress.report(s, loss=float(jnp.mean(jnp.stack(losses))))
+          progress.report(s, loss=float(np.mean([to_host(v) for v in losses])))
           losses = []
         if s % train.checkpoint_every == 0 or s == total:
           store.save(s, state, meta)
-  state = jax.device_get(state)
+  state = to_host(state)
   eps_apply = as_eps_model(apply_fn, diffusion.make_schedule(), diffusion.prediction)
   return Denoiser(apply_fn=eps_apply, params=state["ema_params"],
                   schedule=diffusion.make_schedule(),
