@@ -20,7 +20,7 @@ R=benchmarks/results
 T0=$(date +%s)
 pack() {
   cp $R/bench_guidance_gpu_*.json $R/bench_guidance_gpu_*.md $R/bench_diffusion_gpu_*.json \
-    $R/bench_diffusion_gpu_*.md "$W"/ 2>/dev/null
+    $R/bench_diffusion_gpu_*.md $R/bench_scaling_gpu.* "$W"/ 2>/dev/null
   [ -d /tmp/gpu_run ] && tar czf "$W/run.tgz" -C /tmp gpu_run/report.md gpu_run/report.json \
     gpu_run/config.json gpu_run/manifest.json gpu_run/metrics.jsonl gpu_run/stages \
     gpu_run/eval 2>/dev/null
@@ -52,8 +52,14 @@ step pipeline "${LIM_PIPELINE:-190}" python3 -m tardiff_jax.main --config=config
   --workdir=/tmp/gpu_run
 step guidance_b4096 "${LIM_GUIDANCE4K:-50}" python3 benchmarks/bench_guidance.py --config=paper \
   --classifier=gru --batch=4096 --variants=dot --tag=gpu_paper_gru_b4096
+# Data-parallel scaling on this machine's real devices (every power-of-two device count), paper
+# config, batches 256..8192: samples/s unguided and guided, training examples/s, and the guided
+# samples' difference from the one-device result.
+step scaling "${LIM_SCALING:-240}" python3 benchmarks/bench_scaling.py --fake_devices=0 \
+  --config=paper --batches=256,1024,4096,8192 --tag=gpu
 # Correctness on this backend and jax version, with full float32 matrix products (the tests'
 # tolerances are float32 ones; GPUs default to TF32 for float32 products).
 step tests "${LIM_TESTS:-70}" env JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -x \
-  -p no:cacheprovider tests/test_sampler.py tests/test_sharding.py tests/test_guided_sampling.py
+  -p no:cacheprovider tests/test_sampler.py tests/test_sharding.py tests/test_multiprocess.py \
+  tests/test_guided_sampling.py
 cat "$OUT/steps.txt"
