@@ -13,8 +13,9 @@ data-parallel step, and the largest difference of the guided samples from the on
 (same key). The U-Net and the guide (the config's guidance classifier) are randomly initialised.
 
 With fake CPU devices (`--fake_devices`, XLA_FLAGS=--xla_force_host_platform_device_count) every
-"device" shares the same CPU cores: the numbers show the partitioning's overhead, not a
-speed-up. Writes benchmarks/results/bench_scaling[_TAG].{json,md}.
+"device" shares the same CPU cores: the numbers show the partitioning's overhead (and XLA's
+concurrency across device programs), not what real devices would gain. Writes
+benchmarks/results/bench_scaling[_TAG].{json,md}.
 """
 
 from __future__ import annotations
@@ -152,8 +153,11 @@ def markdown(res: dict, argv: str) -> str:
            f"`python benchmarks/bench_scaling.py {argv}`".replace(" `", "`"), "",
            f"{res['device_kind']}, jax {res['jax']}, {res['cpu_count']} CPU cores; DDIM-"
            f"{res['ddim_steps']}, T = 24, C = 7, random weights. "
-           + (f"{fake} fake CPU devices sharing the same cores: the numbers show the cost of "
-              "partitioning, not a speed-up." if fake else "Real devices."), "",
+           + (f"{fake} fake CPU devices sharing the same cores: no hardware is added, so a "
+              "gain is XLA running the per-device programs side by side (one device's program "
+              "leaves cores idle on small ops) and a loss is the cost of partitioning "
+              "(cross-device sums); neither predicts real devices." if fake else
+              "Real devices."), "",
            "| devices | batch | unguided samples/s | guided samples/s | train examples/s | "
            "guided max diff vs 1 device |", "|---|---|---|---|---|---|"]
   for n, rows in res["results"].items():
