@@ -51,6 +51,11 @@ VARIANTS = {
     "batch": ("batch", {}),
     "tardiff_cb": ("tardiff", {"guidance.class_balance": True}),
     "classifier_cb": ("classifier", {"guidance.class_balance": True}),
+    # G over the guidance set's minority (positive) stays only (the paper's Table 5).
+    "tardiff_min": ("tardiff", {"guidance.class_filter": "minority"}),
+    # Three guides (seeds) averaged; TracIn over three checkpoints of the guide's training.
+    "tardiff_ens": ("tardiff", {"guidance.ensemble": 3}),
+    "tardiff_tracin": ("tardiff", {"guidance.trajectory": 3}),
 }
 REGIMES = {
     "default": {},
@@ -64,7 +69,10 @@ METRICS = ("auprc", "auroc", "minority_f1")
 COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classifier"),
                ("classifier", "unguided"), ("unguided", "real"), ("tardiff_cb", "unguided"),
                ("tardiff_cb", "tardiff"), ("classifier_cb", "classifier"),
-               ("batch", "unguided"), ("tardiff+masks", "tardiff"),
+               ("batch", "unguided"), ("tardiff_min", "unguided"), ("tardiff_min", "tardiff"),
+               ("tardiff_ens", "unguided"), ("tardiff_ens", "tardiff"),
+               ("tardiff_tracin", "unguided"), ("tardiff_tracin", "tardiff"),
+               ("tardiff+masks", "tardiff"),
                ("unguided+masks", "unguided"), ("tardiff+masks", "unguided+masks"))
 
 

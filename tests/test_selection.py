@@ -79,3 +79,52 @@ def test_class_balance_makes_the_scale_per_class(tmp_path):
     assert not np.allclose(exp.class_factors("classifier"), f)  # Its own score's norms.
   with Experiment(c, str(tmp_path), quiet=True) as exp:  # Read back from the store.
     np.testing.assert_array_equal(exp.class_factors("tardiff"), f)
+
+
+def test_trajectory_epochs():
+  from tardiff_jax.experiment.members import trajectory_epochs
+  assert trajectory_epochs(9, 3) == [3, 6, 9]
+  assert trajectory_epochs(2, 4) == [1, 2]
+  assert trajectory_epochs(5, 1) == [5]
+  with pytest.raises(ValueError):
+    trajectory_epochs(0, 2)
+
+
+def test_guide_ensemble_and_trajectory_stack(tmp_path):
+  """guidance.ensemble = 2 x guidance.trajectory = 2: member 0 at its best epoch is the guide
+  (same params, same G), every entry has its own G, tardiff's gparams carry the stack (the
+  other methods keep the guide), and a guided set is drawn with it."""
+  c = load_config("tiny")
+  c.train_classifier.max_epochs = 3
+  c.train_classifier.patience = 3
+  c.guidance.gate_permutations = 0
+  c.guidance.ensemble = 2
+  c.guidance.trajectory = 2
+  with Experiment(c, str(tmp_path), quiet=True) as exp:
+    gm, guide = exp.guide_members, exp.guide
+    best = guide.history["best_epoch"]
+    assert {e["seed"] for e in gm.entries} == {c.seed, c.seed + 1}
+    assert len(gm.entries) == len(gm.weights) <= 4 and np.isclose(gm.weights.sum(), 1.0)
+    i = gm.entries.index({"seed": c.seed, "epoch": best})
+    take = lambda tree: jax.tree_util.tree_map(lambda a: np.asarray(a[i]), tree)  # noqa: E731
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                           take(gm.params), guide.params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8),
+                           take(gm.G), exp.guidance_cache.G)
+    norms = [float(np.sqrt(sum(np.sum(np.square(np.asarray(v[j])))
+                               for v in jax.tree_util.tree_leaves(gm.G))))
+             for j in range(len(gm.entries))]
+    assert len(set(np.round(norms, 6))) == len(norms)  # each checkpoint its own G
+    assert "weights" in exp.gparams("tardiff", 2.0)
+    assert "weights" not in exp.gparams("classifier", 2.0)
+    assert exp.synthetic_settings("tardiff", 2.0)["guidance"]["members"] == gm.identity
+    syn = exp.synthetic("tardiff", scale=2.0)
+    assert np.all(np.isfinite(syn.x)) and syn.x.shape[0] == len(exp.data.train)
+  with Experiment(c, str(tmp_path), quiet=True) as exp:  # Read back from the store.
+    assert exp.guide_members.entries == gm.entries
+    np.testing.assert_array_equal(exp.guide_members.weights, gm.weights)
+  with pytest.raises(ValueError, match="class_balance"):
+    c2 = load_config("tiny")
+    c2.guidance.ensemble = 2
+    c2.guidance.class_balance = True
+    Experiment(c2, str(tmp_path / "bad"), quiet=True)

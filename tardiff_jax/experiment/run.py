@@ -29,7 +29,7 @@ from tardiff_jax.data.loaders import save_dataset
 from tardiff_jax.data.prepare import PreparedData, prepare_data
 from tardiff_jax.evaluation import protocols
 from tardiff_jax.evaluation.downstream import evaluate_fresh_group
-from tardiff_jax.experiment import gate, stages
+from tardiff_jax.experiment import gate, members, stages
 from tardiff_jax.experiment.methods import (
     DIFFUSION_KEY,
     BaselineMethod,
@@ -39,11 +39,7 @@ from tardiff_jax.experiment.methods import (
 )
 from tardiff_jax.experiment.store import ArtifactKey, ArtifactStore, settings_digest
 from tardiff_jax.experiment.workdir import Workdir
-from tardiff_jax.influence.guidance import (
-    class_balance_factors,
-    guidance_from_config,
-    make_gparams,
-)
+from tardiff_jax.influence.guidance import guidance_from_config, make_gparams
 from tardiff_jax.sampling.generate import class_counts, generate
 from tardiff_jax.sampling.sampler import make_sampler
 
@@ -233,11 +229,23 @@ class Experiment:
             "gparams": parallel.replicate(mesh, self.gparams(method, scale)),
             "place_fn": None if mesh is None else functools.partial(parallel.shard_rows, mesh)}
 
+  @functools.cached_property
+  def guide_members(self) -> members.GuideMembers | None:
+    """The stack of guides behind tardiff's score (`guidance.ensemble`, `guidance.trajectory`),
+    or None when it is the guide alone."""
+    if not self.config.guidance.uses_members:
+      return None
+    return members.guide_members(self.config, self.data, self.guide, self.store, self.quiet,
+                                 self.mesh)
+
   def gparams(self, method: str, scale: Any) -> Any:
     """The guidance hook's parameters for a guided method at `scale` (None when unguided);
     with `guidance.class_balance` the scale becomes per class (`class_factors`)."""
     if not get_method(method).guided:
       return None
+    if get_method(method).score == "influence" and self.guide_members is not None:
+      gm = self.guide_members
+      return make_gparams(gm.params, gm.G, scale, gm.weights)
     factors = self.class_factors(method)
     if factors is not None:
       scale = np.asarray(scale, np.float64) * factors
@@ -245,29 +253,15 @@ class Experiment:
 
   def class_factors(self, method: str) -> np.ndarray | None:
     """`guidance.class_balance`'s per-class factors of `method`'s scale (m / m_c over real
-    training stays, `influence.guidance.class_balance_factors`), or None when off."""
+    training stays, `stages.class_balance`), or None when off."""
     m, g = get_method(method), self.config.guidance
     if not (g.class_balance and isinstance(m, DiffusionMethod) and m.guided
             and m.score != "batch"):
       return None
     variant = g.variant if m.score == "influence" else m.score
-    if variant in self._class_factors:
-      return self._class_factors[variant]
-    key = self.store.key("class_balance", f"class_balance_{variant}",
-                         {"guide": self.guide.identity, "cache": self._cache[1],
-                          "variant": variant, "train": self.data.fingerprint("train")})
-    stored = self.store.read_json(key)
-    if stored is None:
-      self.store.check_writable(key)
-      t0 = time.perf_counter()
-      d = self.data
-      f = class_balance_factors(self.guide.classifier.loss_fn, self.guide.params,
-                                self.guidance_cache.G, d.train.x, d.train.y, d.num_classes,
-                                variant, g.cache_batch_size)
-      stored = {"factors": f.tolist()}
-      self.store.write_json(key, stored, seconds=time.perf_counter() - t0)
-      self.log(f"class_balance: {variant}: per-class scale factors {np.round(f, 3).tolist()}")
-    self._class_factors[variant] = np.asarray(stored["factors"], np.float64)
+    if variant not in self._class_factors:
+      self._class_factors[variant] = stages.class_balance(
+          self.config, self.data, self.guide, self._cache, self.store, variant, self.quiet)
     return self._class_factors[variant]
 
   def train_counts(self) -> np.ndarray:
@@ -291,6 +285,8 @@ class Experiment:
                          "clip": g.clip, "normalize_grad": g.normalize_grad})
       if self.class_factors(method) is not None:  # Only when on: keeps older keys valid.
         s["guidance"]["class_balance"] = True
+      if m.score == "influence" and self.guide_members is not None:
+        s["guidance"]["members"] = self.guide_members.identity
     return s
 
   @property

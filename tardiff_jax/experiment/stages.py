@@ -32,6 +32,7 @@ from tardiff_jax.evaluation.grad_norms import grad_norm_stats
 from tardiff_jax.experiment.store import ArtifactStore, settings_digest
 from tardiff_jax.experiment.workdir import Workdir
 from tardiff_jax.influence.cache import GuidanceCache, build_guidance_cache, load_cache, save_cache
+from tardiff_jax.influence.guidance import class_balance_factors
 from tardiff_jax.models.classifier import Classifier, ClassifierConfig, make_classifier
 from tardiff_jax.models.timesnet import timesnet_periods
 from tardiff_jax.sampling.fitting import SamplerFit, fit_sampler, needs_fit
@@ -255,6 +256,29 @@ def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuid
     log(f"cache_guidance: G over {cache.count} guidance samples ({g.class_filter}) in "
         f"{cache.build_seconds:.2f}s, |G| = {cache.norm:.4g}")
   return cache, identity
+
+
+def class_balance(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuide,
+                  cache: tuple[GuidanceCache, str], store: ArtifactStore, variant: str,
+                  quiet: bool = False) -> np.ndarray:
+  """`guidance.class_balance`'s per-class factors m / m_c of a score `variant`'s scale over real
+  training stays (`influence.guidance.class_balance_factors`; an artifact of the guide and its
+  cache, given as (cache, its identity))."""
+  key = store.key("class_balance", f"class_balance_{variant}",
+                  {"guide": guide.identity, "cache": cache[1], "variant": variant,
+                   "train": data.fingerprint("train")})
+  stored = store.read_json(key)
+  if stored is None:
+    store.check_writable(key)
+    t0 = time.perf_counter()
+    f = class_balance_factors(guide.classifier.loss_fn, guide.params, cache[0].G, data.train.x,
+                              data.train.y, data.num_classes, variant,
+                              cfg.guidance.cache_batch_size)
+    stored = {"factors": f.tolist()}
+    store.write_json(key, stored, seconds=time.perf_counter() - t0)
+    if not quiet:
+      log(f"class_balance: {variant}: per-class scale factors {np.round(f, 3).tolist()}")
+  return np.asarray(stored["factors"], np.float64)
 
 
 # ---------------------------------------------------------------------- sampler fits

@@ -27,7 +27,7 @@ MANIFEST = "manifest.json"
 FOLDERS = {
     "sampler_fit": os.path.join("checkpoints", "sampler_fit"),
     "guidance_cache": "guidance", "grad_norms": "guidance", "selection": "guidance",
-    "guide_quality": "guidance", "class_balance": "guidance",
+    "guide_quality": "guidance", "class_balance": "guidance", "guide_members": "guidance",
     "synthetic": os.path.join("synthetic", "sets"),
     "protocol": "eval", "fidelity": "eval",
     "timing": "stages",

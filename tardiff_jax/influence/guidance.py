@@ -5,7 +5,10 @@ for the sampler's guidance hook (`tardiff_jax.sampling`). `gparams` is a pytree 
 jitted sampler as an argument (nothing large is baked in as a constant, and changing w never
 recompiles):
   {"params": classifier params, "G": cached guidance gradient (pytree like params),
-   "scale": w, float32[] or float32[num_classes] (per-class scales, indexed by y)}.
+   "scale": w, float32[] or float32[num_classes] (per-class scales, indexed by y)},
+and, for a stack of guides (an ensemble, or the checkpoints of a training trajectory: TracIn,
+Pruthi et al. 2020), "weights": float32[M] with "params" and "G" carrying a leading member
+axis M: J is then sum_m weights[m] * J(params_m, G_m).
 
 J is the input gradient of the influence score (see `scores.py`), taken
   - at x0_hat (default; the classifier was trained on clean data) and applied to x_t's mean,
@@ -71,6 +74,13 @@ class GuidanceConfig:
   # On the simulator a GRU trained on permuted labels, early-stopped like the guide, ranks
   # guidance-val cases at AUROC 0.40-0.78 (random features see abnormal vitals; early stopping
   # picks a lucky epoch): beating 0.5 is not enough, the guide must beat label-free guides too.
+  ensemble: int = option(1, "Guides behind tardiff's score: the guide and ensemble - 1 more "
+                              "trained like it with seeds seed+1, ... (one vmapped training), "
+                              "each with its own G; their input gradients averaged.")
+  trajectory: int = option(0, "TracIn (Pruthi et al. 2020): each guide's score summed over this "
+                              "many checkpoints of its training (epochs evenly spaced up to its "
+                              "best), each with its G at that checkpoint, weighted by the "
+                              "learning rate (constant: an average). 0 = final parameters.")
   gate_permutations: int = option(9, "Guides trained like the guide on permuted training labels "
                                      "(the gate's label-free reference; 0 = compare with 0.5 "
                                      "only).")
@@ -97,6 +107,12 @@ class GuidanceConfig:
                        "per-class scales replace the single one).")
     if self.gate not in GATES:
       raise ValueError(f"guidance.gate={self.gate!r}; expected one of {GATES}.")
+    if self.ensemble < 1 or self.trajectory < 0:
+      raise ValueError(f"guidance.ensemble must be >= 1 and guidance.trajectory >= 0, got "
+                       f"{self.ensemble} and {self.trajectory}.")
+    if self.class_balance and self.uses_members:
+      raise ValueError("guidance.class_balance is not defined for a stack of guides "
+                       "(guidance.ensemble > 1 or guidance.trajectory > 0); use one.")
     if self.gate_permutations < 0:
       raise ValueError(f"guidance.gate_permutations must be >= 0, got {self.gate_permutations}.")
     unset = [n for n in ("classifier_scale", "batch_scale") if getattr(self, n) is None]
@@ -107,14 +123,23 @@ class GuidanceConfig:
                        "guidance.scale_grid is empty.")
 
   @property
+  def uses_members(self) -> bool:
+    """Whether tardiff's score uses a stack of guides (ensemble or trajectory)."""
+    return self.ensemble > 1 or self.trajectory > 0
+
+  @property
   def selects_scale(self) -> bool:
     """Whether tardiff's w is chosen on evaluation-val (neither scale nor class_scales set)."""
     return self.scale is None and not self.class_scales
 
 
-def make_gparams(params: Any, G: Any, scale: Any) -> dict[str, Any]:
-  """The `gparams` pytree of the guidance hook; `scale` becomes a float32 array (no recompiles)."""
-  return {"params": params, "G": G, "scale": jnp.asarray(scale, jnp.float32)}
+def make_gparams(params: Any, G: Any, scale: Any, weights: Any = None) -> dict[str, Any]:
+  """The `gparams` pytree of the guidance hook; `scale` becomes a float32 array (no recompiles).
+  With `weights` (float32[M]), `params` and `G` are stacks of M guides on a leading axis."""
+  out = {"params": params, "G": G, "scale": jnp.asarray(scale, jnp.float32)}
+  if weights is not None:
+    out["weights"] = jnp.asarray(weights, jnp.float32)
+  return out
 
 
 def _info_get(info: Any, name: str) -> Any:
@@ -203,14 +228,25 @@ def make_influence_guidance(loss_fn: LossFn, variant: str = "dot", evaluate_on: 
       return jnp.zeros_like(x_t)
     params, scale = gparams["params"], gparams["scale"]
     G = gparams.get("G") if isinstance(gparams, dict) else gparams["G"]
+    weights = gparams.get("weights") if isinstance(gparams, dict) else None
     if through_denoiser:
       x0_fn = _info_get(info, "x0_fn")
       # Per-sample scores summed: the denoiser treats samples independently, so the gradient of
       # the sum w.r.t. x_t is the per-sample gradient (for `batch` it is the batch score's).
-      J = jax.grad(lambda xt: total_score(params, G, x0_fn(xt), y))(x_t)
+      if weights is None:
+        J = jax.grad(lambda xt: total_score(params, G, x0_fn(xt), y))(x_t)
+      else:
+        J = jax.grad(lambda xt: jnp.sum(weights * jax.vmap(
+            lambda p, g, x0: total_score(p, g, x0, y), in_axes=(0, 0, None))(
+                params, G, x0_fn(xt))))(x_t)
     else:
       x = x0_hat if evaluate_on == "x0_hat" else x_t
-      J = scores.influence_input_grad(loss_fn, params, G, x, y, variant, eps)
+      one = lambda p, g: scores.influence_input_grad(loss_fn, p, g, x, y, variant, eps)  # noqa: E731
+      if weights is None:
+        J = one(params, G)
+      else:  # One guide at a time (memory of one backward pass), weighted sum of their J.
+        Js = jax.lax.map(lambda pg: one(*pg), (params, G))
+        J = jnp.tensordot(weights.astype(Js.dtype), Js, axes=1)
     J = _per_sample_postprocess(J, clip, normalize, eps)
     w = _scale_for(scale, y, x_t.ndim).astype(x_t.dtype)
     return (w * J).astype(x_t.dtype)

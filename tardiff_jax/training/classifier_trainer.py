@@ -85,7 +85,9 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
                            epoch_size: int | None = None, target: int | None = None,
                            labels: Sequence[np.ndarray] | None = None,
                            name: str = "train_classifier", metrics_path: str | None = None,
-                           quiet: bool = False, mesh=None) -> tuple[PyTree, list[dict[str, Any]]]:
+                           quiet: bool = False, mesh=None,
+                           epoch_callback: Callable[[int, PyTree], None] | None = None
+                           ) -> tuple[PyTree, list[dict[str, Any]]]:
   """Trains one classifier per member (seed), all members in one vmapped computation.
 
   Members may train on different data: with `subsets`, member i learns from the rows
@@ -118,6 +120,9 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
     mesh: optional `jax.sharding.Mesh` (`tardiff_jax.parallel.run_mesh`): the members are split
       over its devices (padded with copies of the last member to a multiple of the device
       count; the copies are dropped). Each member's result does not depend on it.
+    epoch_callback: called as `epoch_callback(epoch, params)` after every epoch with the
+      members' current parameters (stacked, copies of the padding members dropped), e.g. to
+      keep a training trajectory (TracIn).
   Returns:
     (params, histories): the best-validation-AUPRC params of every member stacked on a leading
     axis of size S, and one history dict per member.
@@ -226,6 +231,9 @@ def train_classifier_seeds(classifier, x_train, y_train, x_val, y_val,
       else:
         wait[i] += 1
     best_params = fns["keep"](shard_rows(mesh, improved), state["params"], best_params)
+    if epoch_callback is not None:
+      epoch_callback(epoch, jax.tree_util.tree_map(lambda a: jnp.asarray(a[:members]),
+                                                   to_host(state["params"])))
     epochs_run = epoch
     stop = active & (wait >= config.patience)
     for i in np.flatnonzero(stop):
