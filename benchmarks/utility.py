@@ -53,6 +53,10 @@ VARIANTS = {
     "classifier_cb": ("classifier", {"guidance.class_balance": True}),
     # G over the guidance set's minority (positive) stays only (the paper's Table 5).
     "tardiff_min": ("tardiff", {"guidance.class_filter": "minority"}),
+    # The same on a grid scaled by |G(all)| / |G(minority)| (about 1/32 on the default cohorts,
+    # where minority-only G is ~32x longer): the shared grid's w = 1 already overshoots.
+    "tardiff_min_fine": ("tardiff", {"guidance.class_filter": "minority",
+                                     "guidance.scale_grid": (0.0, 0.03, 0.06, 0.1, 0.15, 0.3)}),
     # Three guides (seeds) averaged; TracIn over three checkpoints of the guide's training.
     "tardiff_ens": ("tardiff", {"guidance.ensemble": 3}),
     "tardiff_tracin": ("tardiff", {"guidance.trajectory": 3}),
@@ -70,6 +74,7 @@ COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classi
                ("classifier", "unguided"), ("unguided", "real"), ("tardiff_cb", "unguided"),
                ("tardiff_cb", "tardiff"), ("classifier_cb", "classifier"),
                ("batch", "unguided"), ("tardiff_min", "unguided"), ("tardiff_min", "tardiff"),
+               ("tardiff_min_fine", "unguided"), ("tardiff_min_fine", "tardiff"),
                ("tardiff_ens", "unguided"), ("tardiff_ens", "tardiff"),
                ("tardiff_tracin", "unguided"), ("tardiff_tracin", "tardiff"),
                ("tardiff+masks", "tardiff"),
@@ -103,10 +108,11 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
   """One cohort: shared models, the sweep group (selection + regret), the final group."""
   t0 = time.perf_counter()
   workdir = os.path.join(root, regime, f"seed{seed}")
-  drawn = {}
+  drawn, grids = {}, {}
   for v in variants:  # A variant's config switches change only its guided sets.
     with Experiment(cohort_config(config, regime, seed, v), workdir, quiet=True) as e:
-      for w in map(float, e.config.guidance.scale_grid):
+      grids[v] = tuple(float(w) for w in e.config.guidance.scale_grid)  # its own grid
+      for w in grids[v]:
         if w != 0.0:
           drawn[v, w] = e.synthetic(VARIANTS[v][0], scale=w)
   with Experiment(cohort_config(config, regime, seed), workdir, quiet=True) as exp:
@@ -123,7 +129,7 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
     rows, selected, test_best = {}, {}, {}
     for m in variants:
       rows[m] = []
-      for w in grid:
+      for w in grids[m]:
         res = sweep["unguided" if w == 0.0 else f"{m}_w{w:g}"]
         rows[m].append({"scale": w, **_ranking(res, "eval_val"), "test": _ranking(res, "test")})
       selected[m] = {c: choose_scale(rows[m], c) for c in CRITERIA}
@@ -163,7 +169,8 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
             "n_train": int(len(d.train)), "n_pos_train": int(np.sum(d.train.y == d.target_class)),
             "oracle_auprc": info.get("oracle_auprc"), "oracle_auroc": info.get("oracle_auroc"),
             "guide_auroc": exp.guide_quality.metrics["auroc"]["value"],
-            "grid": list(grid), "sweep": rows, "selected": selected, "test_best": test_best,
+            "grid": list(grid), "grids": {m: list(g) for m, g in grids.items()},
+            "sweep": rows, "selected": selected, "test_best": test_best,
             "final": final, "masks": masks, "seconds": {"models_and_sets": t_models,
                                         "total": time.perf_counter() - t0}}
 
@@ -207,7 +214,7 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
         regret[crit] = {"mean_regret_test_auprc": float(np.mean(r)),
                         "hits": int(sum(c["selected"][m][crit] == c["test_best"][m]
                                         for c in ms))}
-      grid = ms[0]["grid"]
+      grid = ms[0].get("grids", {}).get(m, ms[0]["grid"])
       selection[m] = {
           "cohorts": len(ms), "selected": [c["selected"][m]["auprc"] for c in ms],
           "test_best": [c["test_best"][m] for c in ms], "regret": regret,

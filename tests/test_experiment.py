@@ -345,8 +345,11 @@ def test_cli_help_modes_and_errors(tmp_path):
   run = lambda *a: subprocess.run(["tardiff", *a], capture_output=True, text=True, env=env,
                                   cwd=ROOT, timeout=300)
   out = run("--help")  # absl prints the main program's flags (and exits 1, its convention).
-  for flag in ("--config", "--workdir", "--mode", "--retrain", "--methods", "--print_config"):
+  for flag in ("--config", "--workdir", "--mode", "--retrain", "--methods", "--print_config",
+               "--distributed", "--coordinator_address", "--num_processes", "--process_id"):
     assert flag in out.stdout + out.stderr, flag
+  bad = run(f"--config={ROOT}/configs/tiny.py", f"--workdir={tmp_path}", "--num_processes=2")
+  assert bad.returncode != 0 and "need --distributed" in bad.stderr
   out = run(f"--config={ROOT}/configs/tiny.py", "--print_config")
   assert out.returncode == 0 and "guidance.scale = None  # tardiff's w" in out.stdout
   assert len(out.stdout.splitlines()) > 60
