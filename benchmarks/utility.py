@@ -75,6 +75,8 @@ COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classi
                ("tardiff_cb", "tardiff"), ("classifier_cb", "classifier"),
                ("batch", "unguided"), ("tardiff_min", "unguided"), ("tardiff_min", "tardiff"),
                ("tardiff_min_fine", "unguided"), ("tardiff_min_fine", "tardiff"),
+               ("tardiff_auto", "unguided"), ("tardiff_auto", "real"),
+               ("tardiff_auto", "tardiff"),
                ("tardiff_ens", "unguided"), ("tardiff_ens", "tardiff"),
                ("tardiff_tracin", "unguided"), ("tardiff_tracin", "tardiff"),
                ("tardiff+masks", "tardiff"),
@@ -183,12 +185,31 @@ def _interval(diffs: list[float]) -> dict[str, Any]:
           "wins": int(np.sum(v > 0)), "values": [float(x) for x in v]}
 
 
+# A variant chosen per cohort on evaluation-val, as the pipeline chooses w: among these, the one
+# whose chosen w scores the highest evaluation-val AUPRC (ties: the first).
+CHOSEN = {"tardiff_auto": ("tardiff", "tardiff_min")}
+
+
+def with_choices(c: dict[str, Any]) -> dict[str, Any]:
+  """The cohort with each `CHOSEN` entry added to its final scores (when it ran every option),
+  and which option each picked (`chosen_variant`)."""
+  for name, options in CHOSEN.items():
+    if not all(m in c["sweep"] for m in options):
+      continue
+    val = {m: next(r["auprc"] for r in c["sweep"][m] if r["scale"] == c["selected"][m]["auprc"])
+           for m in options}
+    best = max(options, key=val.__getitem__)
+    c = {**c, "final": {**c["final"], name: c["final"][best]},
+         "chosen_variant": {**c.get("chosen_variant", {}), name: best}}
+  return c
+
+
 def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
   """Per regime: paired intervals, selection regret, the mean sweep and the mean scores; each
   comparison over the cohorts that ran both of its variants."""
   out: dict[str, Any] = {}
   for regime in REGIMES:
-    cs = [c for c in cohorts if c["regime"] == regime]
+    cs = [with_choices(c) for c in cohorts if c["regime"] == regime]
     if not cs:
       continue
     has = lambda c, m: m in c["final"]  # noqa: E731
@@ -236,6 +257,8 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
                    "backends": sorted({c["backend"] for c in cs}),
                    "downstream": cs[0].get("downstream"), "model_seeds": cs[0].get("model_seeds"),
                    "seconds": float(sum(c["seconds"]["total"] for c in cs)),
+                   "chosen_variants": {n: [c.get("chosen_variant", {}).get(n) for c in cs]
+                                       for n in CHOSEN},
                    "paired": paired, "means": means, "selection": selection,
                    "masks_minus_plain": masks}
   return out
@@ -266,6 +289,10 @@ def markdown(agg: dict[str, Any], command: str, runs: dict[str, list[str]]) -> s
       lines.append(f"| {name} | " + " | ".join(_fmt(cells[f"{p}_{k}"])
                                               for p in ("tsrtr_1.0", "tstr") for k in METRICS)
                    + " |")
+    for n, picks in r.get("chosen_variants", {}).items():
+      if any(picks):
+        lines += ["", f"`{n}`: per cohort the variant among {', '.join(CHOSEN[n])} whose "
+                  f"chosen w scores the best evaluation-val AUPRC (never test): {picks}."]
     lines += ["", "Mean scores:", "", "| method | " + " | ".join(
         f"{p} {k}" for p in ("TSRTR a=1", "TSTR") for k in METRICS) + " |",
               "|---|" + "---|" * 2 * len(METRICS)]
