@@ -23,7 +23,13 @@ from jax.sharding import Mesh
 from tardiff_jax import io as tio
 from tardiff_jax.data.dataset import check_series
 from tardiff_jax.influence.scores import LossFn, tree_norm
-from tardiff_jax.parallel.sharding import replicate, replicated, round_up, shard_rows, to_host
+from tardiff_jax.parallel.sharding import (
+    jit_replicated,
+    replicate,
+    round_up,
+    shard_rows,
+    to_host,
+)
 
 CLASS_FILTERS = ("all", "minority", "majority")
 
@@ -84,9 +90,7 @@ def _make_accumulate(loss_fn: LossFn, mesh: Mesh | None = None):
     g = jax.grad(weighted_sum)(params, x, y, w)
     return jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), acc, g)
 
-  if mesh is None:
-    return jax.jit(accumulate, donate_argnums=(0,))
-  return jax.jit(accumulate, donate_argnums=(0,), out_shardings=replicated(mesh))
+  return jit_replicated(accumulate, mesh, donate_argnums=(0,))
 
 
 def build_guidance_cache(loss_fn: LossFn, params: Any, x: np.ndarray, y: np.ndarray,

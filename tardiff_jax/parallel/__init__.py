@@ -9,6 +9,7 @@ from tardiff_jax.parallel.sharding import (
     generate_sharded,
     initialize,
     is_writer,
+    jit_replicated,
     make_mesh,
     mesh_size,
     replicate,
@@ -22,6 +23,6 @@ from tardiff_jax.parallel.sharding import (
 )
 
 __all__ = ["ParallelConfig", "batch_sharding", "check_divisible", "constrain_rows",
-           "generate_sharded", "initialize", "is_writer", "make_mesh", "mesh_size", "replicate",
-           "replicated", "round_up", "run_mesh", "shard_batch", "shard_rows", "shard_sampler",
-           "to_host"]
+           "generate_sharded", "initialize", "is_writer", "jit_replicated", "make_mesh",
+           "mesh_size", "replicate", "replicated", "round_up", "run_mesh", "shard_batch",
+           "shard_rows", "shard_sampler", "to_host"]

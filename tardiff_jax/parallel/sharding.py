@@ -99,6 +99,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def jit_replicated(fn: Callable[..., Any], mesh: Mesh | None, **kwargs: Any) -> Callable[..., Any]:
+  """`jax.jit(fn, **kwargs)`, with every output replicated over `mesh` when there is one (e.g. a
+  training state or a sum whose inputs arrive split over the devices: XLA reduces across them)."""
+  if mesh is None:
+    return jax.jit(fn, **kwargs)
+  return jax.jit(fn, out_shardings=replicated(mesh), **kwargs)
+
+
 def is_writer() -> bool:
   """Whether this process writes files (process 0; always true in a single process)."""
   return jax.process_index() == 0

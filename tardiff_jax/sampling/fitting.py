@@ -25,8 +25,8 @@ from tardiff_jax.diffusion import gaussian
 from tardiff_jax.diffusion.schedules import Schedule
 from tardiff_jax.parallel.sharding import (
     check_divisible,
+    jit_replicated,
     replicate,
-    replicated,
     shard_rows,
     to_host,
 )
@@ -68,8 +68,7 @@ def _class_sums(stats_fn: Callable[..., dict[str, Array]], params: Any, schedule
               for n, v in stats.items()}
     return jax.lax.map(one, (ts, idx, jax.random.split(bkey, ts.shape[0])))  # [S, K, C, F]
 
-  batch_sums = (jax.jit(batch_sums) if mesh is None
-                else jax.jit(batch_sums, out_shardings=replicated(mesh)))
+  batch_sums = jit_replicated(batch_sums, mesh)
   params = replicate(mesh, params)
 
   n, b = len(x0), int(batch_size)

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from tardiff_jax import io as tio
-from tardiff_jax.parallel.sharding import is_writer, to_host
+from tardiff_jax.parallel.sharding import to_host
 
 CHECKSUMS = "checksums.json"
 
@@ -115,7 +115,7 @@ class CheckpointStore:
             meta=ocp.args.JsonSave(_jsonable(meta or {}))),
         force=force)
     self._manager.wait_until_finished()
-    if is_writer():  # With several processes orbax writes through process 0; so do we.
+    if tio.is_writer():  # With several processes orbax writes through process 0; so do we.
       sums = {k: v for k, v in self._checksums().items()
               if int(k) in set(self._manager.all_steps())}
       sums[str(int(step))] = file_checksums(_step_dir(self.directory, step))

@@ -30,8 +30,8 @@ from tardiff_jax.models.unet1d import UNet1D, UNetConfig, init_params, make_deno
 from tardiff_jax.parallel.sharding import (
     check_divisible,
     constrain_rows,
+    jit_replicated,
     replicate,
-    replicated,
     round_up,
     shard_rows,
     to_host,
@@ -227,9 +227,7 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
                  "rng": state["rng"]}
     return new_state, loss
 
-  if mesh is None:
-    return jax.jit(step_fn, donate_argnums=(0,))
-  return jax.jit(step_fn, donate_argnums=(0,), out_shardings=replicated(mesh))
+  return jit_replicated(step_fn, mesh, donate_argnums=(0,))
 
 
 def denoiser_inputs(x: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
