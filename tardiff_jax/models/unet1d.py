@@ -12,6 +12,25 @@ self-attention when the level's downsampling factor is in `attention_resolutions
 down-sampling residual block; a middle ResBlock-Attention-ResBlock; the mirrored decoder with
 skip connections and up-sampling residual blocks; GroupNorm-SiLU-zero-initialised output conv.
 T is zero-padded at the end to a multiple of 2^(levels-1) and cropped back at the output.
+
+Attention sites (`attention`): "self" is guided-diffusion's `AttentionBlock` (GroupNorm, one qkv
+projection, multi-head self-attention, zero-initialised output projection, residual); the
+reference code (devin-21/TarDiff `configs/base/mimic_icustay_base.yaml`,
+`use_spatial_transformer: True`) puts LDM spatial transformers there instead (Rombach et al.
+2022; `ldm/modules/diffusionmodules/unet1d.py` builds `Spatial1DTransformer(ch, num_heads,
+ch // num_heads, depth=1, context_dim=32)`): "transformer", see `transformer_block.py`.
+
+The context of the transformer's second attention: the reference's scripts (`train.sh`,
+`generation.sh`) pass `--uncond`, which sets `cond_stage_config: __is_unconditional__`
+(`train_main.py`, `guidance_generation.py`), so the `DomainUnifiedEncoder` context is never
+built and the second attention (`context=None`) attends to the block's own input; its
+`CrossAttention` also projects k and v from the query width, not from `context_dim`, so a
+32-wide context could not be fed. `context_tokens=0` (the default) is that network: 22.55 M
+parameters for `configs/default.py:paper` at C=7, the reference's 22.55 M used ones (its 22.89 M
+total adds ResBlock `cond_emb_layers` and a null context its forward never touches).
+`context_tokens=n > 0` is an option beyond the reference: a learned per-label sequence
+(`nn.Embed` of the label, the null label included, to n x `context_dim`) that the second
+attention attends to instead, k and v projected from `context_dim`.
 """
 
 from __future__ import annotations
@@ -28,8 +47,13 @@ import jax
 import jax.numpy as jnp
 
 from tardiff_jax.config.fields import option
+from tardiff_jax.models.transformer_block import SpatialTransformer1D
 
 Array = jax.Array
+
+ATTENTIONS = ("self", "transformer")
+# Fields that only shape attention="transformer" networks (left out of the meta otherwise).
+TRANSFORMER_FIELDS = ("attention", "transformer_depth", "context_tokens", "context_dim")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +77,16 @@ class UNetConfig:
   # deletes each stay's level from every residual branch; samples were 13-51% under-dispersed
   # between stays, 8 groups fixed it (benchmarks/results/archive/diffusion_fidelity_gn8_1k.md).
   norm_groups: int = option(8, "GroupNorm groups (at most; gcd with each width).")
+  attention: str = option("self", "Attention sites: 'self' (multi-head self-attention) or "
+                                  "'transformer' (the reference code's LDM spatial transformer: "
+                                  "self-attention, a second attention and a GEGLU MLP).")
+  transformer_depth: int = option(1, "Transformer blocks per attention site (attention="
+                                     "'transformer'; the reference: 1).")
+  context_tokens: int = option(0, "Learned per-label context tokens for the transformer's second "
+                                  "attention; 0: it attends to its own input, as the reference "
+                                  "code runs (attention='transformer' only).")
+  context_dim: int = option(32, "Width of the context tokens (the reference's context_dim; "
+                                "used when context_tokens > 0).")
 
   def __post_init__(self):
     object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
@@ -75,6 +109,17 @@ class UNetConfig:
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
     if self.norm_groups < 1:
       raise ValueError(f"unet.norm_groups must be >= 1, got {self.norm_groups}.")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"unet.attention must be one of {ATTENTIONS}, got {self.attention!r}.")
+    if self.transformer_depth < 1:
+      raise ValueError(f"unet.transformer_depth must be >= 1, got {self.transformer_depth}.")
+    if self.context_tokens < 0:
+      raise ValueError(f"unet.context_tokens must be >= 0, got {self.context_tokens}.")
+    if self.context_dim < 1:
+      raise ValueError(f"unet.context_dim must be >= 1, got {self.context_dim}.")
+    if self.context_tokens and self.attention != "transformer":
+      raise ValueError(f"unet.context_tokens={self.context_tokens} needs "
+                       f"unet.attention='transformer' (self-attention has no context).")
     factors = [2 ** i for i in range(len(self.channel_mult))]
     for r in self.attention_resolutions:
       if r not in factors:
@@ -90,7 +135,14 @@ class UNetConfig:
         raise ValueError(f"unet.num_heads={self.num_heads} does not divide attention width {w}.")
 
   def to_dict(self) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    """JSON-ready fields (the checkpoint meta). With attention='self' the transformer-only fields
+    are left out: they do not shape that network, and its meta (checkpoint compatibility,
+    artifact keys) stays what it was before they existed."""
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    if self.attention == "self":
+      for k in TRANSFORMER_FIELDS:
+        d.pop(k)
+    return d
 
   @property
   def time_multiple(self) -> int:
@@ -209,6 +261,10 @@ class UNet1D(nn.Module):
       drop = jax.random.bernoulli(self.make_rng("label"), cfg.label_dropout, y.shape)
       y = jnp.where(drop, jnp.int32(cfg.num_classes), y)
     emb = emb + nn.Embed(cfg.num_classes + 1, emb_dim, name="label_emb")(y)
+    context = None  # The transformer's second attention attends to its own input.
+    if cfg.context_tokens:
+      context = nn.Embed(cfg.num_classes + 1, cfg.context_tokens * cfg.context_dim,
+                         name="label_context")(y).reshape(b, cfg.context_tokens, cfg.context_dim)
 
     # Pad T to a multiple of 2^(levels-1); crop at the end.
     mult = cfg.time_multiple
@@ -216,7 +272,13 @@ class UNet1D(nn.Module):
     h = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0))) if padded != length else x
 
     res_block = functools.partial(ResBlock, dropout=cfg.dropout, norm_groups=cfg.norm_groups)
-    attention = functools.partial(AttentionBlock, cfg.num_heads, cfg.norm_groups)
+
+    def attention(h: Array, name: str) -> Array:
+      if cfg.attention == "transformer":
+        return SpatialTransformer1D(cfg.num_heads, cfg.transformer_depth, cfg.norm_groups,
+                                    name=name)(h, context)
+      return AttentionBlock(cfg.num_heads, cfg.norm_groups, name=name)(h)
+
     h = _conv(cfg.base_channels, 3, "in_conv")(h)
     skips = [h]
     ds = 1
@@ -224,7 +286,7 @@ class UNet1D(nn.Module):
       for i in range(cfg.num_res_blocks):
         h = res_block(cfg.base_channels * m, name=f"down_{level}_res_{i}")(h, emb, train)
         if ds in cfg.attention_resolutions:
-          h = attention(name=f"down_{level}_attn_{i}")(h)
+          h = attention(h, f"down_{level}_attn_{i}")
         skips.append(h)
       if level != len(cfg.channel_mult) - 1:
         h = res_block(h.shape[-1], resample="down", name=f"down_{level}_resample")(
@@ -233,7 +295,7 @@ class UNet1D(nn.Module):
         ds *= 2
 
     h = res_block(h.shape[-1], name="mid_res_0")(h, emb, train)
-    h = attention(name="mid_attn")(h)
+    h = attention(h, "mid_attn")
     h = res_block(h.shape[-1], name="mid_res_1")(h, emb, train)
 
     for level in reversed(range(len(cfg.channel_mult))):
@@ -242,7 +304,7 @@ class UNet1D(nn.Module):
         h = jnp.concatenate([h, skips.pop()], axis=-1)
         h = res_block(cfg.base_channels * m, name=f"up_{level}_res_{i}")(h, emb, train)
         if ds in cfg.attention_resolutions:
-          h = attention(name=f"up_{level}_attn_{i}")(h)
+          h = attention(h, f"up_{level}_attn_{i}")
       if level != 0:
         h = res_block(h.shape[-1], resample="up", name=f"up_{level}_resample")(
             h, emb, train)
