@@ -115,7 +115,8 @@ def main() -> None:
     with Experiment(cohort_config(args.config, args.regime, args.seed, v), wd, quiet=True,
                     readonly=True) as e:
       for w in grid:
-        syn = e.synthetic(VARIANTS[v][0], scale=w)
+        # G over all guidance-val rows unless the variant fixes another class filter.
+        syn = e.synthetic(VARIANTS[v][0], scale=w, class_filter=e.config.guidance.fixed_filter)
         rows[f"{v} w={w:g}"] = describe(syn.x, syn.y, score, thr, rx, ry, rng)
   res = {"regime": args.regime, "seed": args.seed, "reference": quality,
          "reference_stays": REFERENCE_STAYS, "sets": rows,

@@ -32,7 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def measure(exp: Experiment, scales: list[float], n: int):
   """Rows of mean influence per w; the samples of every w share the diffusion methods' key."""
-  data, denoiser, guide, cache = exp.data, exp.denoiser, exp.guide, exp.guidance_cache
+  f = exp.config.guidance.fixed_filter  # G over all guidance-val rows unless the config says
+  data, denoiser, guide, cache = exp.data, exp.denoiser, exp.guide, exp.cache_for(f)[0]
   fn = exp.sampler("tardiff")
   counts = exact_class_counts(data.train.y, n, data.num_classes)
   key = exp.sampling_key
@@ -40,7 +41,7 @@ def measure(exp: Experiment, scales: list[float], n: int):
   rows, base = [], None
   for w in scales:
     t0 = time.perf_counter()
-    x, y = generate(fn, denoiser.params, exp.gparams("tardiff", w), key, counts,
+    x, y = generate(fn, denoiser.params, exp.gparams("tardiff", w, f), key, counts,
                     (data.train.T, data.train.C), exp.config.sampling.batch_size, progress=False)
     secs = time.perf_counter() - t0
     infl = np.asarray(score(guide.params, cache.G, jnp.asarray(x), jnp.asarray(y)))

@@ -11,7 +11,9 @@ Regimes (the ICU simulator of `configs/default.py`, 10,000 stays, 20% validation
 Per cohort k (`data.simulator.seed = data.split_seed = k`; model seeds unchanged) one diffusion
 model, one guide (early-stopped on guidance-val) and one guidance cache are trained and shared by
 every variant; nothing is retrained per variant. Every guided method's set is drawn at each w of
-`guidance.scale_grid` with the common sampling key (w = 0 is the unguided set).
+`guidance.scale_grid` with the common sampling key (w = 0 is the unguided set); `tardiff` (the
+default, `guidance.class_filter = "auto"`) also at each w of `guidance.minority_scale_grid` with
+G over the minority class only, the class filter chosen with w (`tardiff_all`: all rows only).
 
 1. Selection (the pipeline's procedure): TSRTR alpha = 1 models for every (method, w) and TRTR,
    one vmapped group with the same inits for every set, early-stopped on guidance-val, scored
@@ -41,20 +43,23 @@ from scipy import stats
 from tardiff_jax import io as tio
 from tardiff_jax.config import load_config
 from tardiff_jax.experiment import Experiment
-from tardiff_jax.experiment.selection import choose_scale
+from tardiff_jax.experiment.selection import choose_row, sweep_grids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Compared variants: a guided method and the config switches that make it (see GuidanceConfig).
 VARIANTS = {
+    # The default: G over all guidance-val rows or over the minority class only, chosen on
+    # evaluation-val with w (guidance.class_filter = "auto").
     "tardiff": ("tardiff", {}),
+    "tardiff_all": ("tardiff", {"guidance.class_filter": "all"}),
     "classifier": ("classifier", {}),
     "batch": ("batch", {}),
     "tardiff_cb": ("tardiff", {"guidance.class_balance": True}),
     "classifier_cb": ("classifier", {"guidance.class_balance": True}),
     # G over the guidance set's minority (positive) stays only (the paper's Table 5).
     "tardiff_min": ("tardiff", {"guidance.class_filter": "minority"}),
-    # The same on a grid scaled by |G(all)| / |G(minority)| (about 1/32 on the default cohorts,
-    # where minority-only G is ~32x longer): the shared grid's w = 1 already overshoots.
+    # The same on a finer grid (minority-only G is ~32x longer than the all-class G on the
+    # default cohorts: the shared grid's w = 1 may overshoot).
     "tardiff_min_fine": ("tardiff", {"guidance.class_filter": "minority",
                                      "guidance.scale_grid": (0.0, 0.03, 0.06, 0.1, 0.15, 0.3)}),
     # Three guides (seeds) averaged; TracIn over three checkpoints of the guide's training.
@@ -75,8 +80,7 @@ COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classi
                ("tardiff_cb", "tardiff"), ("classifier_cb", "classifier"),
                ("batch", "unguided"), ("tardiff_min", "unguided"), ("tardiff_min", "tardiff"),
                ("tardiff_min_fine", "unguided"), ("tardiff_min_fine", "tardiff"),
-               ("tardiff_auto", "unguided"), ("tardiff_auto", "real"),
-               ("tardiff_auto", "tardiff"),
+               ("tardiff", "tardiff_all"), ("tardiff_all", "unguided"),
                ("tardiff_ens", "unguided"), ("tardiff_ens", "tardiff"),
                ("tardiff_tracin", "unguided"), ("tardiff_tracin", "tardiff"),
                ("tardiff+masks", "tardiff"),
@@ -113,34 +117,41 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
   drawn, grids = {}, {}
   for v in variants:  # A variant's config switches change only its guided sets.
     with Experiment(cohort_config(config, regime, seed, v), workdir, quiet=True) as e:
-      grids[v] = tuple(float(w) for w in e.config.guidance.scale_grid)  # its own grid
-      for w in grids[v]:
-        if w != 0.0:
-          drawn[v, w] = e.synthetic(VARIANTS[v][0], scale=w)
+      # Its own grid per class filter of G, as the pipeline's sweep (`sweep_grids`).
+      grids[v] = sweep_grids(e, VARIANTS[v][0])
+      for f, ws in grids[v].items():
+        for w in ws:
+          if w != 0.0:
+            drawn[v, f, w] = e.synthetic(VARIANTS[v][0], scale=w, class_filter=f)
   with Experiment(cohort_config(config, regime, seed), workdir, quiet=True) as exp:
     d = exp.data
     grid = tuple(float(w) for w in exp.config.guidance.scale_grid)
     real = (d.train.x, d.train.y, d.fingerprint("train"))
     unguided = exp.synthetic("unguided")
     fits = {"trtr": real, "unguided": exp.mix(unguided, 1.0)[:3]}
-    for (v, w), syn in drawn.items():
-      fits[f"{v}_w{w:g}"] = exp.mix(syn, 1.0)[:3]
+    for (v, f, w), syn in drawn.items():
+      fits[_fit_name(v, f, w, grids[v])] = exp.mix(syn, 1.0)[:3]
     t_models = time.perf_counter() - t0
     sweep = exp.protocol_group(fits, "guide_val", "eval_val", "utility_sweep",
                                also=("eval_val", "test"))
-    rows, selected, test_best = {}, {}, {}
+    rows, selected, test_best, filters = {}, {}, {}, {}
     for m in variants:
       rows[m] = []
-      for w in grids[m]:
-        res = sweep["unguided" if w == 0.0 else f"{m}_w{w:g}"]
-        rows[m].append({"scale": w, **_ranking(res, "eval_val"), "test": _ranking(res, "test")})
-      selected[m] = {c: choose_scale(rows[m], c) for c in CRITERIA}
-      test_best[m] = choose_scale([{"scale": r["scale"], **r["test"]} for r in rows[m]])
+      for f, ws in grids[m].items():
+        for w in ws:
+          res = sweep["unguided" if w == 0.0 else _fit_name(m, f, w, grids[m])]
+          rows[m].append({"scale": w, "class_filter": f, **_ranking(res, "eval_val"),
+                          "test": _ranking(res, "test")})
+      best = {c: choose_row(rows[m], c) for c in CRITERIA}
+      selected[m] = {c: float(r["scale"]) for c, r in best.items()}
+      filters[m] = {c: r["class_filter"] for c, r in best.items()}
+      tb = choose_row([{**r, **r["test"]} for r in rows[m]])
+      test_best[m], filters[m]["test_best"] = float(tb["scale"]), tb["class_filter"]
     # Final numbers at the chosen w (evaluation-val AUPRC), as the pipeline's report scores them.
     sets = {"unguided": unguided}
     for m in variants:
       w = selected[m]["auprc"]
-      sets[m] = unguided if w == 0.0 else drawn[m, w]
+      sets[m] = unguided if w == 0.0 else drawn[m, filters[m]["auprc"], w]
     alias, owner = {}, {}
     for m, syn in sets.items():
       # Methods that chose w = 0 share the unguided set: its models are trained once.
@@ -171,10 +182,22 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
             "n_train": int(len(d.train)), "n_pos_train": int(np.sum(d.train.y == d.target_class)),
             "oracle_auprc": info.get("oracle_auprc"), "oracle_auroc": info.get("oracle_auroc"),
             "guide_auroc": exp.guide_quality.metrics["auroc"]["value"],
-            "grid": list(grid), "grids": {m: list(g) for m, g in grids.items()},
+            "grid": list(grid),
+            "grids": {m: {f: list(ws) for f, ws in g.items()} for m, g in grids.items()},
             "sweep": rows, "selected": selected, "test_best": test_best,
+            "selected_filter": filters,
             "final": final, "masks": masks, "seconds": {"models_and_sets": t_models,
                                         "total": time.perf_counter() - t0}}
+
+
+def _fit_name(variant: str, class_filter: str, w: float, grids: dict[str, Any]) -> str:
+  """A sweep set's protocol name; the variant's first class filter keeps the older names."""
+  first = next(iter(grids))
+  return f"{variant}_w{w:g}" if class_filter == first else f"{variant}_{class_filter}_w{w:g}"
+
+
+def _row_key(r: dict[str, Any]) -> tuple[str, float]:
+  return (r.get("class_filter", "all") if r["scale"] else "-", float(r["scale"]))
 
 
 def _interval(diffs: list[float]) -> dict[str, Any]:
@@ -185,23 +208,17 @@ def _interval(diffs: list[float]) -> dict[str, Any]:
           "wins": int(np.sum(v > 0)), "values": [float(x) for x in v]}
 
 
-# A variant chosen per cohort on evaluation-val, as the pipeline chooses w: among these, the one
-# whose chosen w scores the highest evaluation-val AUPRC (ties: the first).
-CHOSEN = {"tardiff_auto": ("tardiff", "tardiff_min")}
+def _chosen_key(c: dict[str, Any], m: str, crit: str) -> tuple[str, float]:
+  """(class filter, w) of variant m's row chosen by `crit` ("test_best": the test-best row)."""
+  w = c["test_best"][m] if crit == "test_best" else c["selected"][m][crit]
+  return _row_key({"scale": w,
+                   "class_filter": c.get("selected_filter", {}).get(m, {}).get(crit, "all")})
 
 
-def with_choices(c: dict[str, Any]) -> dict[str, Any]:
-  """The cohort with each `CHOSEN` entry added to its final scores (when it ran every option),
-  and which option each picked (`chosen_variant`)."""
-  for name, options in CHOSEN.items():
-    if not all(m in c["sweep"] for m in options):
-      continue
-    val = {m: next(r["auprc"] for r in c["sweep"][m] if r["scale"] == c["selected"][m]["auprc"])
-           for m in options}
-    best = max(options, key=val.__getitem__)
-    c = {**c, "final": {**c["final"], name: c["final"][best]},
-         "chosen_variant": {**c.get("chosen_variant", {}), name: best}}
-  return c
+def _label(c: dict[str, Any], m: str, crit: str) -> Any:
+  """The chosen w, with its class filter when the variant swept several."""
+  f, w = _chosen_key(c, m, crit)
+  return f"{w:g} ({f})" if len(c.get("grids", {}).get(m, {})) > 1 and w else w
 
 
 def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -209,7 +226,7 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
   comparison over the cohorts that ran both of its variants."""
   out: dict[str, Any] = {}
   for regime in REGIMES:
-    cs = [with_choices(c) for c in cohorts if c["regime"] == regime]
+    cs = [c for c in cohorts if c["regime"] == regime]
     if not cs:
       continue
     has = lambda c, m: m in c["final"]  # noqa: E731
@@ -229,20 +246,22 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
     for m in dict.fromkeys(v for c in cs for v in c["sweep"]):
       ms = [c for c in cs if m in c["sweep"]]
       regret = {}
+      test_auprc = [{_row_key(r): r["test"]["auprc"] for r in c["sweep"][m]} for c in ms]
       for crit in CRITERIA:
-        test_auprc = [{r["scale"]: r["test"]["auprc"] for r in c["sweep"][m]} for c in ms]
-        r = [t[c["test_best"][m]] - t[c["selected"][m][crit]] for t, c in zip(test_auprc, ms)]
+        r = [t[_chosen_key(c, m, "test_best")] - t[_chosen_key(c, m, crit)]
+             for t, c in zip(test_auprc, ms)]
         regret[crit] = {"mean_regret_test_auprc": float(np.mean(r)),
-                        "hits": int(sum(c["selected"][m][crit] == c["test_best"][m]
+                        "hits": int(sum(_chosen_key(c, m, crit) == _chosen_key(c, m, "test_best")
                                         for c in ms))}
-      grid = ms[0].get("grids", {}).get(m, ms[0]["grid"])
       selection[m] = {
-          "cohorts": len(ms), "selected": [c["selected"][m]["auprc"] for c in ms],
-          "test_best": [c["test_best"][m] for c in ms], "regret": regret,
-          "mean_sweep": [{"scale": w, **{f"eval_val_{k}": float(np.mean(
-              [c["sweep"][m][i][k] for c in ms])) for k in CRITERIA},
-              **{f"test_{k}": float(np.mean([c["sweep"][m][i]["test"][k] for c in ms]))
-                 for k in CRITERIA}} for i, w in enumerate(grid)]}
+          "cohorts": len(ms), "selected": [_label(c, m, "auprc") for c in ms],
+          "test_best": [_label(c, m, "test_best") for c in ms], "regret": regret,
+          "mean_sweep": [{"scale": r0["scale"], "class_filter": _row_key(r0)[0],
+                          **{f"eval_val_{k}": float(np.mean([c["sweep"][m][i][k] for c in ms]))
+                             for k in CRITERIA},
+                          **{f"test_{k}": float(np.mean([c["sweep"][m][i]["test"][k]
+                                                         for c in ms])) for k in CRITERIA}}
+                         for i, r0 in enumerate(ms[0]["sweep"][m])]}
     # Missingness parity, judged on evaluation-val: masked minus as-drawn, per method.
     mc = [c for c in cs if c.get("masks")]
     masks = {m: {f"{split}_{k}": _interval([c["masks"][f"{m}+masks"][split][k]
@@ -257,8 +276,6 @@ def aggregate(cohorts: list[dict[str, Any]]) -> dict[str, Any]:
                    "backends": sorted({c["backend"] for c in cs}),
                    "downstream": cs[0].get("downstream"), "model_seeds": cs[0].get("model_seeds"),
                    "seconds": float(sum(c["seconds"]["total"] for c in cs)),
-                   "chosen_variants": {n: [c.get("chosen_variant", {}).get(n) for c in cs]
-                                       for n in CHOSEN},
                    "paired": paired, "means": means, "selection": selection,
                    "masks_minus_plain": masks}
   return out
@@ -289,10 +306,6 @@ def markdown(agg: dict[str, Any], command: str, runs: dict[str, list[str]]) -> s
       lines.append(f"| {name} | " + " | ".join(_fmt(cells[f"{p}_{k}"])
                                               for p in ("tsrtr_1.0", "tstr") for k in METRICS)
                    + " |")
-    for n, picks in r.get("chosen_variants", {}).items():
-      if any(picks):
-        lines += ["", f"`{n}`: per cohort the variant among {', '.join(CHOSEN[n])} whose "
-                  f"chosen w scores the best evaluation-val AUPRC (never test): {picks}."]
     lines += ["", "Mean scores:", "", "| method | " + " | ".join(
         f"{p} {k}" for p in ("TSRTR a=1", "TSTR") for k in METRICS) + " |",
               "|---|" + "---|" * 2 * len(METRICS)]
@@ -321,7 +334,9 @@ def markdown(agg: dict[str, Any], command: str, runs: dict[str, list[str]]) -> s
                 "| w | eval-val AUPRC | eval-val AUROC | eval-val log-loss | test AUPRC | "
                 "test AUROC |", "|---|---|---|---|---|---|"]
       for row in s["mean_sweep"]:
-        lines.append(f"| {row['scale']:g} | {row['eval_val_auprc']:.4f} | "
+        f = row.get("class_filter", "-")
+        w = f"{row['scale']:g}" + ("" if f in ("all", "-") else f" (G over {f})")
+        lines.append(f"| {w} | {row['eval_val_auprc']:.4f} | "
                      f"{row['eval_val_auroc']:.4f} | {row['eval_val_log_loss']:.4f} | "
                      f"{row['test_auprc']:.4f} | {row['test_auroc']:.4f} |")
     lines.append("")

@@ -15,6 +15,7 @@ import sys
 import time
 from importlib.metadata import version
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,6 +30,7 @@ from tardiff_jax.experiment import (
     load_run,
     run_mode,
 )
+from tardiff_jax.experiment.selection import choose_row
 from tardiff_jax.sampling import load_stream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,9 +110,18 @@ def test_pipeline_writes_report_plots_and_synthetic(tiny_run):
   sweeps = on_disk["extras"]["scale_sweeps"]
   assert set(sweeps) == {"tardiff", "classifier", "batch"}
   assert on_disk["extras"]["scale_sweep"] == sweeps["tardiff"]
+  grid = list(cfg.guidance.scale_grid)
   for m, sweep in sweeps.items():
-    assert [r["scale"] for r in sweep["rows"]] == list(cfg.guidance.scale_grid)
+    # TarDiff's sweep also chooses whose guidance-val rows G averages (class_filter "auto"):
+    # the grid with G over all rows, then its nonzero w with G over the minority class.
+    want = [("all", w) for w in grid] + ([("minority", w) for w in grid if w]
+                                         if m == "tardiff" else [])
+    assert [(r["class_filter"], r["scale"]) for r in sweep["rows"]] == want, m
     assert sweep["selected_scale"] == on_disk["extras"]["scales"][m]
+    best = choose_row(sweep["rows"])
+    assert (best["class_filter"], best["scale"]) == (
+        sweep["selected_class_filter"], sweep["selected_scale"])
+    assert on_disk["extras"]["class_filters"][m] == sweep["selected_class_filter"]
     assert f"scale_sweep{'' if m == 'tardiff' else '_' + m}.png" in plots
   assert "## Guidance scales" in md and "evaluation-val sweep" in md
   # Every artifact is in the manifest with its checksum.
@@ -150,6 +161,42 @@ def test_rerun_skips_completed_stages_and_reproduces_report(tiny_run):
   assert after == before  # Nothing recomputed, nothing new.
   assert {p: os.path.getmtime(os.path.join(wd, p)) for p in after} == mtimes
   assert json.dumps(_strip(rep), sort_keys=True) == json.dumps(_strip(rep2), sort_keys=True)
+
+
+def test_class_filter_is_chosen_with_w_and_never_sees_test(tiny_run, tmp_path):
+  """TarDiff's sweep over (class filter of G, w), recomputed from scratch (its guided sets, its
+  models, its choice) with the test split taken away, equals the run's; the chosen set is drawn
+  with the chosen filter's G, and the two filters' G differ."""
+  wd, cfg, _ = tiny_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(wd, copy)
+  report = tio.read_json(os.path.join(copy, "report.json"))
+  stored = report["extras"]["scale_sweeps"]["tardiff"]
+  for rel, e in tio.read_json(os.path.join(copy, "manifest.json"))["artifacts"].items():
+    if e["kind"] in ("selection", "protocol") or (e["kind"], e["name"]) == ("synthetic",
+                                                                            "tardiff"):
+      os.remove(os.path.join(copy, rel))
+  with Experiment(cfg, copy, quiet=True) as exp:
+    exp.__dict__["data"] = dataclasses.replace(exp.data, test=None)  # Any use of test fails.
+    sel = exp.selection
+    assert exp.filter_candidates("tardiff") == ("all", "minority")
+    assert exp.filter_candidates("classifier") == ("all",)
+    assert exp.class_filter("tardiff") == sel.class_filter
+    syn = exp.synthetic("tardiff")
+    assert (syn.scale, syn.class_filter) == (sel.selected, sel.class_filter)
+    g_all, g_min = exp.cache_for("all")[0], exp.cache_for("minority")[0]
+    assert g_min.count < g_all.count and g_min.classes == (exp.data.target_class,)
+    jax.tree_util.tree_map(np.testing.assert_array_equal,
+                           exp.gparams("tardiff", 10.0, "minority")["G"], g_min.G)
+    assert not all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        np.array_equal, g_min.G, g_all.G)))
+  got = sel.to_dict()
+  assert {k: v for k, v in got.items() if k != "seconds"} == {
+      k: v for k, v in stored.items() if k != "seconds"}
+  published = load_dataset(os.path.join(wd, "synthetic", "tardiff.npz"))
+  if stored["selected_scale"]:
+    np.testing.assert_allclose(published.x, exp.data.normalizer.inverse(syn.x), rtol=1e-5,
+                               atol=1e-4)
 
 
 def test_sampler_fit_is_reused_and_follows_settings(tiny_run, tmp_path):

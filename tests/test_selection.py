@@ -12,7 +12,8 @@ import pytest
 
 from tardiff_jax.config import load_config
 from tardiff_jax.experiment import Experiment, stages
-from tardiff_jax.experiment.selection import choose_scale
+from tardiff_jax.experiment.selection import choose_row, choose_scale
+from tardiff_jax.influence.guidance import GuidanceConfig
 
 
 def test_choose_scale_criteria_and_ties():
@@ -24,6 +25,27 @@ def test_choose_scale_criteria_and_ties():
   assert choose_scale(rows, "auroc") == -1.0  # AUROC tie between -1 and 5: the smaller |w|.
   assert choose_scale(rows, "log_loss") == 5.0  # Log-loss is minimised.
   assert choose_scale([dict(r, auprc=0.3) for r in rows]) == 0.0
+
+
+def test_choose_row_over_class_filters():
+  rows = [{"scale": 0.0, "class_filter": "all", "auprc": 0.30},
+          {"scale": 2.0, "class_filter": "all", "auprc": 0.34},
+          {"scale": 1.0, "class_filter": "minority", "auprc": 0.36},
+          {"scale": 2.0, "class_filter": "minority", "auprc": 0.34}]
+  assert choose_row(rows)["class_filter"] == "minority" and choose_scale(rows) == 1.0
+  rows[2]["auprc"] = 0.34  # A three-way tie: the smaller |w| wins.
+  assert (choose_row(rows)["class_filter"], choose_row(rows)["scale"]) == ("minority", 1.0)
+  rows[2]["scale"] = 2.0  # Same |w| too: the earlier row (all rows before minority).
+  assert choose_row(rows) is rows[1]
+
+
+def test_class_filter_options_are_checked():
+  with pytest.raises(ValueError, match="class_filter='some'"):
+    GuidanceConfig(class_filter="some")
+  with pytest.raises(ValueError, match="minority_scale_grid"):
+    GuidanceConfig(minority_scale_grid=(0.1, -1.0))
+  assert GuidanceConfig().class_filter == "auto" and GuidanceConfig().fixed_filter == "all"
+  assert GuidanceConfig(class_filter="minority").fixed_filter == "minority"
 
 
 def _poisoned(data):

@@ -179,10 +179,12 @@ def plot_tsrtr(path: str | os.PathLike, tsrtr_results: Mapping[str, Mapping[str,
 
 def plot_scale_sweep(path: str | os.PathLike, sweep_rows: Sequence[Mapping],
                      metrics: Sequence[str] = ("auroc", "auprc"),
-                     selected: float | None = None) -> str:
-  """Validation metric vs guidance scale w (symlog axis; w = 0 is unguided).
+                     selected: float | None = None, selected_filter: str | None = None) -> str:
+  """Validation metric vs guidance scale w (symlog axis; w = 0 is unguided), one line per
+  metric and class filter of G when the rows hold several ("class_filter"; the w = 0 row, the
+  unguided set, starts every line).
 
-  sweep_rows: [{"scale": w, "auprc": ..., optional "auprc_std" or "seeds"}, ...].
+  sweep_rows: [{"scale": w, "auprc": ..., optional "auprc_std" or "seeds", "class_filter"}, ...].
   """
   rows = sorted(sweep_rows, key=lambda r: float(r["scale"]))
   if not rows:
@@ -191,13 +193,19 @@ def plot_scale_sweep(path: str | os.PathLike, sweep_rows: Sequence[Mapping],
   if not metrics:
     raise ValueError("plot_scale_sweep: rows hold none of the requested metrics.")
   w = np.array([float(r["scale"]) for r in rows])
+  filters = list(dict.fromkeys(r.get("class_filter", "all") for r in rows if float(r["scale"])))
   fig = Figure(figsize=(5.0, 3.6))
   ax = fig.subplots()
-  for metric in metrics:
-    ms = np.array([metric_mean_std(r, metric)[:2] for r in rows])
-    ax.errorbar(w, ms[:, 0], yerr=ms[:, 1], marker="o", ms=3, capsize=3, label=metric)
+  for f in filters or ["all"]:
+    line = [r for r in rows if not float(r["scale"]) or r.get("class_filter", "all") == f]
+    lw = np.array([float(r["scale"]) for r in line])
+    for metric in metrics:
+      ms = np.array([metric_mean_std(r, metric)[:2] for r in line])
+      label = metric if len(filters) < 2 else f"{metric}, G over {f}"
+      ax.errorbar(lw, ms[:, 0], yerr=ms[:, 1], marker="o", ms=3, capsize=3, label=label)
   if selected is not None:
-    ax.axvline(float(selected), color="k", ls=":", lw=1, label=f"selected w={selected:g}")
+    what = f"selected w={selected:g}" + (f" ({selected_filter})" if len(filters) > 1 else "")
+    ax.axvline(float(selected), color="k", ls=":", lw=1, label=what)
   positive = np.abs(w[w != 0])
   ax.set_xscale("symlog", linthresh=float(positive.min()) if positive.size else 1.0)
   ax.set_xlabel("guidance scale w")

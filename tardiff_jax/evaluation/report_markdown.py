@@ -184,18 +184,25 @@ def render_markdown(report: Mapping[str, Any], plots: Mapping[str, str] | None =
 def _scales_section(extras: Mapping[str, Any]) -> list[str]:
   """Each guided method's scale w: fixed in the config or chosen on evaluation-val (the sweep)."""
   scales, sweeps = extras.get("scales") or {}, extras.get("scale_sweeps") or {}
+  filters = extras.get("class_filters") or {}
   if not scales:
     return []
   lines = ["", "## Guidance scales",
            "Each guided method's w: chosen on evaluation-val (TSRTR alpha = 1 models early-stopped "
            "on guidance-val, mean evaluation-val AUPRC over seeds; never test) or fixed in the "
-           "config.", "", "| method | w | chosen by | evaluation-val AUPRC over the grid |",
-           "|---|---|---|---|"]
+           "config. 'G over' names whose guidance-val rows the guidance gradient G averages (all, "
+           "or the minority class only: then chosen on evaluation-val with w).", "",
+           "| method | w | G over | chosen by | evaluation-val AUPRC over the grid |",
+           "|---|---|---|---|---|"]
   for m, w in scales.items():
     w_txt = ", ".join(f"{float(v):g}" for v in w) if isinstance(w, (list, tuple)) else f"{w:g}"
+    w_txt += f" | {filters.get(m, 'all')}"
     sweep = sweeps.get(m)
     if sweep:
-      grid = "; ".join(f"w={float(r['scale']):g}: {float(r['auprc']):.3f}" for r in sweep["rows"])
+      several = len({r.get("class_filter", "all") for r in sweep["rows"]}) > 1
+      grid = "; ".join(
+          f"{r['class_filter'] + ' ' if several and float(r['scale']) else ''}"
+          f"w={float(r['scale']):g}: {float(r['auprc']):.3f}" for r in sweep["rows"])
       lines.append(f"| {m} | {w_txt} | evaluation-val sweep | {grid} |")
     else:
       lines.append(f"| {m} | {w_txt} | config | - |")

@@ -156,7 +156,8 @@ def _plots(exp: Experiment, syn: dict[str, SyntheticSet], tsrtr, tstr, grad_norm
     if exp.selects_scale(m):
       sel = exp.selection_for(m)
       rel = os.path.join("plots", f"{sweep_name(m)}.png")
-      plots.plot_scale_sweep(wd.path(rel), sel.rows, selected=sel.selected)
+      plots.plot_scale_sweep(wd.path(rel), sel.rows, selected=sel.selected,
+                             selected_filter=sel.class_filter)
       out[f"Guidance-scale sweep of {m} (evaluation-val)"] = rel
   if grad_norms:
     rel = os.path.join("plots", "grad_norms.png")
@@ -221,6 +222,8 @@ def evaluate(exp: Experiment) -> dict[str, Any]:
       "seeds": cfg.evaluation.num_seeds, "downstream": cfg.evaluation.downstream,
       "target_class": d.target_class,
       "scales": {m: syn[m].scale for m in methods if syn[m].scale is not None},
+      "class_filters": {m: syn[m].class_filter for m in methods
+                        if syn[m].class_filter is not None},
       "notes": _notes(exp)}
   sweeps = {m: exp.selection_for(m).to_dict() for m in methods if exp.selects_scale(m)}
   if sweeps:

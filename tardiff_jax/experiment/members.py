@@ -83,7 +83,7 @@ def guide_members(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuide
         entries.append({"seed": seeds[i], "epoch": int(h["best_epoch"] if e is None else e)})
     gv = data.guide_val
     Gs = [build_guidance_cache(guide.classifier.loss_fn, p, gv.x, gv.y,
-                               batch_size=g.cache_batch_size, class_filter=g.class_filter,
+                               batch_size=g.cache_batch_size, class_filter=g.fixed_filter,
                                normalize=g.normalize_cache, mesh=mesh).G for p in stack]
     leaves = lambda trees: jax.tree_util.tree_leaves(_stack(trees))  # noqa: E731
     arrays = {**{f"params_{i:04d}": np.asarray(a) for i, a in enumerate(leaves(stack))},

@@ -28,7 +28,6 @@ from tardiff_jax.config.schema import ExperimentConfig, experiment_config
 from tardiff_jax.data.loaders import save_dataset
 from tardiff_jax.data.prepare import PreparedData, prepare_data
 from tardiff_jax.evaluation import protocols
-from tardiff_jax.evaluation.downstream import evaluate_fresh_group
 from tardiff_jax.experiment import gate, members, stages
 from tardiff_jax.experiment.methods import (
     DIFFUSION_KEY,
@@ -60,6 +59,7 @@ class SyntheticSet:
   seconds: float
   key: ArtifactKey
   view: str = "drawn"
+  class_filter: str | None = None  # Whose guidance-val rows G averages (guided sets only).
 
   @property
   def identity(self) -> str:
@@ -86,7 +86,8 @@ class Experiment:
       tio.write_json(self.workdir.config_json, self.config.to_dict())
     self.store = ArtifactStore(self.workdir.root, readonly=readonly)
     self._samplers: dict[Any, Any] = {}
-    self._synthetic: dict[tuple[str, Any], SyntheticSet] = {}
+    self._synthetic: dict[tuple[str, Any, Any], SyntheticSet] = {}
+    self._caches: dict[str, Any] = {}
     self._selections: dict[str, Any] = {}
     self._class_factors: dict[str, np.ndarray] = {}
 
@@ -145,15 +146,33 @@ class Experiment:
     gate.check(q, self.config, guided)
     return q
 
-  @functools.cached_property
-  def _cache(self):
-    return stages.guidance_cache(self.config, self.data, self.guide, self.store, self.quiet,
-                                 self.mesh)
+  def cache_for(self, class_filter: str) -> tuple[Any, str]:
+    """(G over the guidance-val rows of `class_filter`, its identity), built once."""
+    if class_filter not in self._caches:
+      self._caches[class_filter] = stages.guidance_cache(
+          self.config, self.data, self.guide, self.store, self.quiet, self.mesh, class_filter)
+    return self._caches[class_filter]
 
   @property
   def guidance_cache(self):
-    """The cached guidance gradient G (`GuidanceCache`) over guidance-val."""
-    return self._cache[0]
+    """The cached guidance gradient G (`GuidanceCache`) over guidance-val that tardiff samples
+    with (its class filter resolved: `class_filter`)."""
+    return self.cache_for(self.class_filter("tardiff"))[0]
+
+  def filter_candidates(self, method: str) -> tuple[str, ...]:
+    """The class filters of G that `method`'s sweep tries: all and minority for tardiff with
+    `guidance.class_filter = "auto"` when its w is chosen on evaluation-val (one guide, no
+    class balance); otherwise the one filter (`guidance.fixed_filter`)."""
+    g = self.config.guidance
+    if (g.class_filter == "auto" and get_method(method).score == "influence"
+        and self.selects_scale(method) and not g.uses_members and not g.class_balance):
+      return ("all", "minority")
+    return (g.fixed_filter,)
+
+  def class_filter(self, method: str) -> str:
+    """The class filter of `method`'s G: the config's, or the one chosen with w."""
+    candidates = self.filter_candidates(method)
+    return candidates[0] if len(candidates) == 1 else self.selection_for(method).class_filter
 
   @functools.cached_property
   def _fit(self):
@@ -222,11 +241,12 @@ class Experiment:
       self._samplers[m.score] = parallel.shard_sampler(fn, self.mesh)  # jit, batch on the mesh
     return self._samplers[m.score]
 
-  def draw_inputs(self, method: str, scale: Any) -> dict[str, Any]:
+  def draw_inputs(self, method: str, scale: Any,
+                  class_filter: str | None = None) -> dict[str, Any]:
     """`generate`'s params, gparams and place_fn for `method` at `scale`, on the run's mesh."""
     mesh = self.mesh
     return {"params": parallel.replicate(mesh, self.denoiser.params),
-            "gparams": parallel.replicate(mesh, self.gparams(method, scale)),
+            "gparams": parallel.replicate(mesh, self.gparams(method, scale, class_filter)),
             "place_fn": None if mesh is None else functools.partial(parallel.shard_rows, mesh)}
 
   @functools.cached_property
@@ -238,9 +258,10 @@ class Experiment:
     return members.guide_members(self.config, self.data, self.guide, self.store, self.quiet,
                                  self.mesh)
 
-  def gparams(self, method: str, scale: Any) -> Any:
-    """The guidance hook's parameters for a guided method at `scale` (None when unguided);
-    with `guidance.class_balance` the scale becomes per class (`class_factors`)."""
+  def gparams(self, method: str, scale: Any, class_filter: str | None = None) -> Any:
+    """The guidance hook's parameters for a guided method at `scale` with G over
+    `class_filter`'s rows (default: the resolved one), None when unguided; with
+    `guidance.class_balance` the scale becomes per class (`class_factors`)."""
     if not get_method(method).guided:
       return None
     if get_method(method).score == "influence" and self.guide_members is not None:
@@ -249,7 +270,8 @@ class Experiment:
     factors = self.class_factors(method)
     if factors is not None:
       scale = np.asarray(scale, np.float64) * factors
-    return make_gparams(self.guide.params, self.guidance_cache.G, scale)
+    cache = self.cache_for(class_filter or self.class_filter(method))[0]
+    return make_gparams(self.guide.params, cache.G, scale)
 
   def class_factors(self, method: str) -> np.ndarray | None:
     """`guidance.class_balance`'s per-class factors of `method`'s scale (m / m_c over real
@@ -261,14 +283,17 @@ class Experiment:
     variant = g.variant if m.score == "influence" else m.score
     if variant not in self._class_factors:
       self._class_factors[variant] = stages.class_balance(
-          self.config, self.data, self.guide, self._cache, self.store, variant, self.quiet)
+          self.config, self.data, self.guide, self.cache_for(self.class_filter(method)),
+          self.store, variant, self.quiet)
     return self._class_factors[variant]
 
   def train_counts(self) -> np.ndarray:
     return self.data.train.class_counts()
 
-  def synthetic_settings(self, method: str, scale: Any) -> dict[str, Any]:
-    """What a method's synthetic set at `scale` depends on (its artifact's settings)."""
+  def synthetic_settings(self, method: str, scale: Any,
+                         class_filter: str | None = None) -> dict[str, Any]:
+    """What a method's synthetic set at `scale` (G over `class_filter`'s rows, default the
+    resolved filter) depends on (its artifact's settings)."""
     m = get_method(method)
     counts = class_counts(self.train_counts(), mode=self.config.sampling.counts)
     s: dict[str, Any] = {"method": method, "seed": self.config.seed, "counts": counts.tolist()}
@@ -279,7 +304,8 @@ class Experiment:
     s.update(denoiser=stages.denoiser_identity(self.denoiser), sampler_fit=self._fit[1],
              sampling=dataclasses.asdict(self.config.sampling))
     if m.guided:
-      s.update(scale=scale, guide=self.guide.identity, cache=self._cache[1],
+      cache = self.cache_for(class_filter or self.class_filter(method))[1]
+      s.update(scale=scale, guide=self.guide.identity, cache=cache,
                guidance={"score": g.variant if m.score == "influence" else m.score,
                          "evaluate_on": g.evaluate_on, "through_denoiser": g.through_denoiser,
                          "clip": g.clip, "normalize_grad": g.normalize_grad})
@@ -301,23 +327,30 @@ class Experiment:
     zero = m.guided and np.all(np.asarray(scale, np.float64) == 0.0)
     return "unguided" if zero else method
 
-  def synthetic(self, method: str, scale: Any = None) -> SyntheticSet:
-    """The method's synthetic set (drawn once, then read from the store); `scale` overrides
-    the resolved w of a guided method (the scale sweep)."""
+  def synthetic(self, method: str, scale: Any = None,
+                class_filter: str | None = None) -> SyntheticSet:
+    """The method's synthetic set (drawn once, then read from the store); `scale` and
+    `class_filter` override the resolved w and class filter of G of a guided method (the
+    scale sweep)."""
     m = get_method(method)
     if scale is None:
       scale = self.scale(method)
-    memo = (method, scale)
+    if m.guided:
+      class_filter = class_filter or self.class_filter(method)
+    memo = (method, scale, class_filter)
     if memo in self._synthetic:
       return self._synthetic[memo]
     if self.sampled_method(method, scale) != method:  # w = 0: the unguided set, drawn once
-      syn = dataclasses.replace(self.synthetic("unguided"), method=method, scale=scale)
+      syn = dataclasses.replace(self.synthetic("unguided"), method=method, scale=scale,
+                                class_filter=class_filter)
       self._synthetic[memo] = syn
       return syn
-    key = self.store.key("synthetic", method, self.synthetic_settings(method, scale), "npz")
+    key = self.store.key("synthetic", method,
+                         self.synthetic_settings(method, scale, class_filter), "npz")
     arrays = self.store.read_arrays(key)
     if arrays is not None:
-      syn = SyntheticSet(method, arrays["x"], arrays["y"], scale, self.store.seconds(key), key)
+      syn = SyntheticSet(method, arrays["x"], arrays["y"], scale, self.store.seconds(key), key,
+                         class_filter=class_filter)
     else:
       self.store.check_writable(key)
       t0 = time.perf_counter()
@@ -325,7 +358,7 @@ class Experiment:
       if isinstance(m, BaselineMethod):
         x, y = m.make(self.data.train, counts, self.config.seed + stages.stream_seed(method))
       else:
-        inputs = self.draw_inputs(method, scale)
+        inputs = self.draw_inputs(method, scale, class_filter)
         x, y = generate(self.sampler(method), inputs["params"], inputs["gparams"],
                         self.sampling_key, counts,
                         (self.data.train.T, self.data.train.C), self.config.sampling.batch_size,
@@ -333,8 +366,9 @@ class Experiment:
       seconds = time.perf_counter() - t0
       x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
       self.store.write_arrays(key, {"x": x, "y": y}, seconds=seconds)
-      syn = SyntheticSet(method, x, y, scale, seconds, key)
-      self.log(f"generate: {method}{'' if scale is None else f' (w={scale})'}: {len(y)} samples "
+      syn = SyntheticSet(method, x, y, scale, seconds, key, class_filter=class_filter)
+      how = "" if scale is None else f" (w={scale}, G over {class_filter})"
+      self.log(f"generate: {method}{how}: {len(y)} samples "
                f"in {seconds:.1f}s ({len(y) / max(seconds, 1e-9):.1f} samples/s)")
     self._synthetic[memo] = syn
     return syn
@@ -347,6 +381,8 @@ class Experiment:
     extra = {"method": np.asarray(syn.method)}
     if syn.scale is not None:
       extra["scale"] = np.asarray(syn.scale, np.float32)
+    if syn.class_filter is not None:
+      extra["class_filter"] = np.asarray(syn.class_filter)
     x_units = d.normalizer.inverse(syn.x)
     if not self.readonly:
       save_dataset(self.workdir.synthetic(syn.method), x_units, syn.y,
@@ -391,46 +427,12 @@ class Experiment:
   def protocol_group(self, fits: dict[str, tuple[np.ndarray, np.ndarray, str]], val: str,
                      test: str, label: str, also: tuple[str, ...] = ()
                      ) -> dict[str, dict[str, Any]]:
-    """Fresh downstream models on each named training set (x, y, identity), trained as one
-    vmapped group (every set x every seed), early-stopped on split `val` and scored on split
-    `test`; each setting's result is an artifact. A group whose results are all stored is read
-    back; otherwise the whole group trains again (a member's result does not depend on its
-    group), so an interrupted evaluation resumes with the same numbers. `also` names more splits
-    the same models are scored on (result["also"][split]: AUROC, AUPRC, log-loss; see
-    `evaluate_fresh_group`)."""
-    ecfg, data = self.config.evaluation, self.data
-    spec = stages.classifier_spec(self.config, data, ecfg.downstream)
-    common = {"val": data.fingerprint(val), "test": data.fingerprint(test),
-              "model": spec.to_dict(), "train": dataclasses.asdict(self.config.train_classifier),
-              "seeds": self.protocol_seeds, "epoch_size": self.epoch_size,
-              "target": data.target_class}
-    if also:
-      common["also"] = {s: data.fingerprint(s) for s in also}
-    keys = {n: self.store.key("protocol", n, {**common, "fit": ident})
-            for n, (_, _, ident) in fits.items()}
-    stored = {n: self.store.read_json(k) for n, k in keys.items()}
-    if all(v is not None for v in stored.values()):
-      return stored
-    self.store.check_writable(next(iter(keys.values())))
-    vs, ts = getattr(data, val), getattr(data, test)
-    t0 = time.perf_counter()
-    results = evaluate_fresh_group([(x, y) for x, y, _ in fits.values()], vs.x, vs.y, ts.x, ts.y,
-                                   spec, self.config.train_classifier, self.protocol_seeds,
-                                   target=data.target_class, epoch_size=self.epoch_size,
-                                   also_score={s: (getattr(data, s).x, getattr(data, s).y)
-                                               for s in also},
-                                   name=label, quiet=self.quiet, mesh=self.mesh)
-    seconds = time.perf_counter() - t0
-    out = {}
-    for name, res in zip(fits, results):
-      res["seconds"] = seconds / len(fits)  # The group's wall time, shared out.
-      res["group"] = label
-      self.store.write_json(keys[name], res, seconds=res["seconds"])
-      self.log(f"evaluate: {name}: AUROC {res['auroc']:.3f} AUPRC {res['auprc']:.3f} "
-               f"F1 {res['minority_f1']:.3f} (group of {res.get('group_size', '?')} models, "
-               f"{res['seconds']:.1f}s)")
-      out[name] = res
-    return out
+    """Fresh downstream models on each named training set (x, y, identity), one vmapped group
+    (every set x every seed), early-stopped on split `val`, scored on split `test` (and on the
+    splits in `also`); each setting's result is an artifact (`stages.protocol_group`)."""
+    return stages.protocol_group(self.config, self.data, self.store, fits, val, test, label,
+                                 seeds=self.protocol_seeds, epoch_size=self.epoch_size,
+                                 also=also, quiet=self.quiet, mesh=self.mesh)
 
 
 def load_run(workdir: str | os.PathLike, quiet: bool = True) -> Experiment:

@@ -51,6 +51,8 @@ def stream_method(exp: Experiment, method: str, num_samples: int,
            "class_names": np.asarray([str(c) for c in d.train.class_names], np.str_)}
   if scale is not None:
     extra["scale"] = np.asarray(scale, np.float32)
+  if m.guided:
+    extra["class_filter"] = np.asarray(exp.class_filter(method))
   settings = exp.synthetic_settings(method, scale)
   settings.pop("counts")
   meta = {"method": method, "scale": None if scale is None else np.asarray(scale).tolist(),
@@ -68,6 +70,12 @@ def stream_method(exp: Experiment, method: str, num_samples: int,
   return manifest
 
 
+def cache_filters(exp: Experiment, methods: Sequence[str]) -> list[str]:
+  """The class filters of G that the guided `methods` may sample with (their sweep's)."""
+  return list(dict.fromkeys(f for m in methods if get_method(m).guided
+                            for f in exp.filter_candidates(m)))
+
+
 def run_pipeline(exp: Experiment) -> dict[str, Any]:
   """Every stage in order; each skips what the workdir already holds."""
   t0 = time.perf_counter()
@@ -80,7 +88,8 @@ def run_pipeline(exp: Experiment) -> dict[str, Any]:
   _ = exp.guide_quality
   if any(get_method(m).guided for m in methods):
     exp.log("stage cache_guidance")
-    _ = exp.guidance_cache
+    for f in cache_filters(exp, methods):
+      _ = exp.cache_for(f)
   selecting = [m for m in methods if exp.selects_scale(m)]
   if selecting:
     exp.log(f"stage select_scale ({', '.join(selecting)})")
@@ -116,8 +125,9 @@ def run_mode(mode: str, config: Any, workdir: str, *, quiet: bool = False,
     if mode == "train_classifier":
       _ = exp.guide_quality
       return exp.guide
-    if mode == "cache_guidance":
-      return exp.guidance_cache
+    if mode == "cache_guidance":  # G of every class filter a guided method may use.
+      caches = {f: exp.cache_for(f)[0] for f in cache_filters(exp, exp.config.evaluation.methods)}
+      return caches[exp.config.guidance.fixed_filter] if len(caches) == 1 else caches
     if mode == "generate" and num_samples is not None:
       return {m: stream_method(exp, m, num_samples, chunk_size)
               for m in check_methods(methods or exp.config.evaluation.methods)}

@@ -9,6 +9,13 @@ guidance-val and are scored on evaluation-val; w maximises the evaluation-val AU
 the seeds (ties: the smaller |w|; `choose_scale`). The sweep also records each w's mean
 influence of the drawn samples on the guidance set, which should rise with w for TarDiff (paper
 Fig. 3). The selected w's samples are the method's set itself (same key, same artifact).
+
+With `guidance.class_filter = "auto"` TarDiff's sweep also chooses whose guidance-val rows G
+averages: every w of `scale_grid` with G over all rows and every w of `minority_scale_grid`
+with G over the minority class only (the paper's Table 5), one group of models, the best
+evaluation-val AUPRC over both (ties: the smaller |w|, then all rows). On the simulator the
+minority-only G wins where positives are scarce and loses where they are not
+(benchmarks/results/utility_simulator.md), so neither is right for every cohort.
 """
 
 from __future__ import annotations
@@ -37,28 +44,50 @@ class ScaleSelection:
   criterion: str
   seconds: float
   guidance_signal: bool = True  # False: the guide is no better than chance (see gate.py).
+  class_filter: str = "all"  # Whose guidance-val rows the chosen G averages.
+  grids: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)  # per filter
 
   def to_dict(self) -> dict[str, Any]:
-    return {"grid": list(self.grid), "rows": self.rows, "selected_scale": self.selected,
-            "criterion": self.criterion, "seconds": self.seconds,
-            "guidance_signal": self.guidance_signal}
+    out = {"grid": list(self.grid), "rows": self.rows, "selected_scale": self.selected,
+           "criterion": self.criterion, "seconds": self.seconds,
+           "guidance_signal": self.guidance_signal, "selected_class_filter": self.class_filter}
+    if len(self.grids) > 1:
+      out["grids"] = {f: list(g) for f, g in self.grids.items()}
+    return out
 
 
-def _mean_influence(exp, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _mean_influence(exp, x: np.ndarray, y: np.ndarray, G: Any) -> np.ndarray:
   guide, g = exp.guide, exp.config.guidance
   score_fn = jax.jit(lambda p, G, xb, yb: influence(guide.classifier.loss_fn, p, G, xb, yb,
                                                     g.variant))
-  G = exp.guidance_cache.G
   return np.concatenate([np.asarray(score_fn(guide.params, G, jnp.asarray(x[i:i + 512]),
                                              jnp.asarray(y[i:i + 512])))
                          for i in range(0, len(y), 512)])
 
 
-def choose_scale(rows: list[dict[str, Any]], criterion: str = "auprc") -> float:
-  """The scale of the best row: the largest mean `criterion` ("auprc", "auroc"; "log_loss" is
-  minimised), ties broken towards the smaller |w|."""
+def choose_row(rows: list[dict[str, Any]], criterion: str = "auprc") -> dict[str, Any]:
+  """The best row: the largest mean `criterion` ("auprc", "auroc"; "log_loss" is minimised),
+  ties broken towards the smaller |w|, then towards the earlier row."""
   sign = -1.0 if criterion == "log_loss" else 1.0
-  return float(max(rows, key=lambda r: (sign * r[criterion], -abs(r["scale"])))["scale"])
+  best = max(range(len(rows)),
+             key=lambda i: (sign * rows[i][criterion], -abs(rows[i]["scale"]), -i))
+  return rows[best]
+
+
+def choose_scale(rows: list[dict[str, Any]], criterion: str = "auprc") -> float:
+  """The scale of the best row (`choose_row`)."""
+  return float(choose_row(rows, criterion)["scale"])
+
+
+def sweep_grids(exp, method: str) -> dict[str, tuple[float, ...]]:
+  """The candidate w per class filter of G in `method`'s sweep (see the module docstring)."""
+  g = exp.config.guidance
+  grid = tuple(float(w) for w in g.scale_grid)
+  candidates = exp.filter_candidates(method)
+  grids = {candidates[0]: grid}
+  for f in candidates[1:]:  # w = 0 is the unguided set whatever the filter: it is swept once.
+    grids[f] = tuple(float(w) for w in (g.minority_scale_grid or grid) if w != 0.0)
+  return grids
 
 
 def sweep_name(method: str) -> str:
@@ -69,51 +98,64 @@ def sweep_name(method: str) -> str:
 def select_scale(exp, method: str = "tardiff") -> ScaleSelection:
   """The sweep of `method` in `exp` (an `Experiment`), computed once and stored
   (`Experiment.selection_for` keeps it for the run)."""
-  grid = tuple(float(w) for w in exp.config.guidance.scale_grid)
-  base = exp.synthetic_settings(method, None)
+  grids = sweep_grids(exp, method)
+  first = next(iter(grids))
+  grid = grids[first]
+  base = exp.synthetic_settings(method, None, first)
   base.pop("scale")
   evaluation = {"downstream": exp.config.evaluation.downstream}
   if exp.config.evaluation.synthetic_masks:  # The sweep's models see masked samples.
     evaluation["synthetic_masks"] = True
-  key = exp.store.key("selection", sweep_name(method),
-                      {"grid": list(grid), method: settings_digest(base),
-                       "criterion": CRITERION, "seeds": exp.protocol_seeds,
-                       "epoch_size": exp.epoch_size, "evaluation": evaluation,
-                       "guide_val": exp.data.fingerprint("guide_val"),
-                       "eval_val": exp.data.fingerprint("eval_val")})
+  settings = {"grid": list(grid), method: settings_digest(base),
+              "criterion": CRITERION, "seeds": exp.protocol_seeds,
+              "epoch_size": exp.epoch_size, "evaluation": evaluation,
+              "guide_val": exp.data.fingerprint("guide_val"),
+              "eval_val": exp.data.fingerprint("eval_val")}
+  if len(grids) > 1:  # Only then: one filter keeps the keys of runs made before the choice.
+    settings["class_filters"] = {f: list(g) for f, g in grids.items()}
+  key = exp.store.key("selection", sweep_name(method), settings)
   stored = exp.store.read_json(key)
   if stored is not None:
-    sel = ScaleSelection(float(stored["selected_scale"]), stored["rows"], grid,
-                         stored["criterion"], float(stored["seconds"]),
-                         bool(stored.get("guidance_signal", True)))
-  else:
-    exp.store.check_writable(key)
-    t0 = time.perf_counter()
-    drawn, fits, infl = {}, {}, {}
-    for w in grid:
-      syn = exp.synthetic(method, scale=w)
-      drawn[w] = syn
-      infl[w] = _mean_influence(exp, syn.x, syn.y)
+    return ScaleSelection(float(stored["selected_scale"]), stored["rows"], grid,
+                          stored["criterion"], float(stored["seconds"]),
+                          bool(stored.get("guidance_signal", True)),
+                          stored.get("selected_class_filter", first), grids)
+  exp.store.check_writable(key)
+  t0 = time.perf_counter()
+  drawn, fits, infl = {}, {}, {}
+  for f, ws in grids.items():
+    G = exp.cache_for(f)[0].G
+    for w in ws:
+      syn = exp.synthetic(method, scale=w, class_filter=f)
+      drawn[f, w] = syn
+      infl[f, w] = _mean_influence(exp, syn.x, syn.y, G)
       x, y, ident, _ = exp.mix(syn, 1.0)
-      fits[f"sweep_w{w:g}"] = (x, y, ident)
-    # The fresh TSRTR models early-stop on guidance-val and are scored on evaluation-val.
-    res_all = exp.protocol_group(fits, "guide_val", "eval_val", f"select_scale_{method}")
-    rows = []
-    for w in grid:
-      res, y = res_all[f"sweep_w{w:g}"], drawn[w].y
-      rows.append({"scale": w, "auroc": res["auroc"], "auprc": res["auprc"],
-                   "minority_f1": res["minority_f1"], "std": res.get("std", {}),
-                   "mean_influence": float(np.mean(infl[w])),
-                   "mean_influence_by_class": {str(c): float(np.mean(infl[w][y == c]))
-                                               for c in np.unique(y)}})
-      exp.log(f"select_scale: {method} w={w:g} eval-val AUPRC {res['auprc']:.3f} AUROC "
-              f"{res['auroc']:.3f} mean influence {np.mean(infl[w]):.4g}")
-    signal = exp.guide_quality.signal
-    if not signal:
-      exp.log("select_scale: no guidance signal (the guide is no better than chance): the "
-              "guided samples of this sweep follow a guide that has learned nothing")
-    sel = ScaleSelection(choose_scale(rows), rows, grid, CRITERION, time.perf_counter() - t0,
-                         signal)
-    exp.store.write_json(key, sel.to_dict(), seconds=sel.seconds)
-    exp.log(f"select_scale: {method}: selected w = {sel.selected:g}")
+      fits[_fit_name(f, w, first)] = (x, y, ident)
+  # The fresh TSRTR models early-stop on guidance-val and are scored on evaluation-val.
+  res_all = exp.protocol_group(fits, "guide_val", "eval_val", f"select_scale_{method}")
+  rows = []
+  for (f, w), syn in drawn.items():
+    res, y, v = res_all[_fit_name(f, w, first)], syn.y, infl[f, w]
+    rows.append({"scale": w, "class_filter": f, "auroc": res["auroc"], "auprc": res["auprc"],
+                 "minority_f1": res["minority_f1"], "std": res.get("std", {}),
+                 "mean_influence": float(np.mean(v)),
+                 "mean_influence_by_class": {str(c): float(np.mean(v[y == c]))
+                                             for c in np.unique(y)}})
+    exp.log(f"select_scale: {method} w={w:g} (G over {f}) eval-val AUPRC {res['auprc']:.3f} "
+            f"AUROC {res['auroc']:.3f} mean influence {np.mean(v):.4g}")
+  signal = exp.guide_quality.signal
+  if not signal:
+    exp.log("select_scale: no guidance signal (the guide is no better than chance): the "
+            "guided samples of this sweep follow a guide that has learned nothing")
+  best = choose_row(rows)
+  sel = ScaleSelection(float(best["scale"]), rows, grid, CRITERION, time.perf_counter() - t0,
+                       signal, best["class_filter"], grids)
+  exp.store.write_json(key, sel.to_dict(), seconds=sel.seconds)
+  exp.log(f"select_scale: {method}: selected w = {sel.selected:g}"
+          + (f", G over {sel.class_filter}" if len(grids) > 1 else ""))
   return sel
+
+
+def _fit_name(class_filter: str, w: float, first: str) -> str:
+  """The sweep's protocol setting of (class filter, w); the first filter keeps the old names."""
+  return f"sweep_w{w:g}" if class_filter == first else f"sweep_{class_filter}_w{w:g}"

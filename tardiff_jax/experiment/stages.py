@@ -5,7 +5,8 @@
 - `train_guide`: the guidance classifier and its per-class gradient norms -> `TrainedGuide`;
 - `guidance_cache`: G over guidance-val -> `GuidanceCache`;
 - `fit_sampler_stats`: the sampler's fits to the denoiser (gamma, x0 calibration) ->
-  `SamplerFit`, saved beside the denoiser checkpoint.
+  `SamplerFit`, saved beside the denoiser checkpoint;
+- `protocol_group`: fresh downstream models on named training sets, one vmapped group.
 
 A checkpoint trained with other settings than the config asks for stops the run with
 `IncompatibleWorkdirError` naming the settings (or is discarded and trained again with
@@ -28,6 +29,7 @@ import numpy as np
 from tardiff_jax.config.convert import to_dict
 from tardiff_jax.config.schema import ExperimentConfig
 from tardiff_jax.data.prepare import PreparedData
+from tardiff_jax.evaluation.downstream import evaluate_fresh_group
 from tardiff_jax.evaluation.grad_norms import grad_norm_stats
 from tardiff_jax.experiment.store import ArtifactStore, settings_digest
 from tardiff_jax.experiment.workdir import Workdir
@@ -224,20 +226,22 @@ def train_guide(cfg: ExperimentConfig, data: PreparedData, workdir: Workdir,
 # ---------------------------------------------------------------------- the guidance cache
 
 
-def cache_key_settings(cfg: ExperimentConfig, data: PreparedData,
-                       guide: TrainedGuide) -> dict[str, Any]:
+def cache_key_settings(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuide,
+                       class_filter: str | None = None) -> dict[str, Any]:
   g = cfg.guidance
   return {"guide": guide.identity, "guide_val": data.fingerprint("guide_val"),
-          "class_filter": g.class_filter, "normalize": g.normalize_cache,
+          "class_filter": class_filter or g.fixed_filter, "normalize": g.normalize_cache,
           "batch_size": g.cache_batch_size}
 
 
 def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuide,
-                   store: ArtifactStore, quiet: bool = False,
-                   mesh=None) -> tuple[GuidanceCache, str]:
+                   store: ArtifactStore, quiet: bool = False, mesh=None,
+                   class_filter: str | None = None) -> tuple[GuidanceCache, str]:
   """G = mean gradient of the guide's loss over guidance-val (the other half of validation picks
-  the guidance scale); returns (cache, its identity)."""
-  settings = cache_key_settings(cfg, data, guide)
+  the guidance scale), over the rows of `class_filter` (default: `guidance.fixed_filter`);
+  returns (cache, its identity)."""
+  class_filter = class_filter or cfg.guidance.fixed_filter
+  settings = cache_key_settings(cfg, data, guide, class_filter)
   key = store.key("guidance_cache", "cache", settings, ext="npz")
   identity = key.digest
   path = store.verified_path(key)
@@ -247,13 +251,13 @@ def guidance_cache(cfg: ExperimentConfig, data: PreparedData, guide: TrainedGuid
   g = cfg.guidance
   gv = data.guide_val
   cache = build_guidance_cache(guide.classifier.loss_fn, guide.params, gv.x, gv.y,
-                               batch_size=g.cache_batch_size, class_filter=g.class_filter,
+                               batch_size=g.cache_batch_size, class_filter=class_filter,
                                normalize=g.normalize_cache, mesh=mesh)
   store.write_with(key, lambda p: save_cache(p, cache, meta={"guide": guide.identity,
                                                              "guidance_split": "guide_val"}),
                    seconds=cache.build_seconds)
   if not quiet:
-    log(f"cache_guidance: G over {cache.count} guidance samples ({g.class_filter}) in "
+    log(f"cache_guidance: G over {cache.count} guidance samples ({class_filter}) in "
         f"{cache.build_seconds:.2f}s, |G| = {cache.norm:.4g}")
   return cache, identity
 
@@ -316,3 +320,51 @@ def fit_sampler_stats(cfg: ExperimentConfig, data: PreparedData, denoiser: Denoi
     log(f"sampling: fitted the sampler to the denoiser over {len(d)} training stays x "
         f"{STATS_DRAWS} draws in {seconds:.1f}s")
   return fit, key.digest
+
+
+# ---------------------------------------------------------------------- protocol models
+
+
+def protocol_group(cfg: ExperimentConfig, data: PreparedData, store: ArtifactStore,
+                   fits: dict[str, tuple[np.ndarray, np.ndarray, str]], val: str, test: str,
+                   label: str, *, seeds: list[int], epoch_size: int, also: tuple[str, ...] = (),
+                   quiet: bool = False, mesh=None) -> dict[str, dict[str, Any]]:
+  """Fresh downstream models on each named training set (x, y, identity), trained as one
+  vmapped group (every set x every seed), early-stopped on split `val` and scored on split
+  `test`; each setting's result is an artifact. A group whose results are all stored is read
+  back; otherwise the whole group trains again (a member's result does not depend on its
+  group), so an interrupted evaluation resumes with the same numbers. `also` names more splits
+  the same models are scored on (result["also"][split]: AUROC, AUPRC, log-loss; see
+  `evaluate_fresh_group`)."""
+  spec = classifier_spec(cfg, data, cfg.evaluation.downstream)
+  common = {"val": data.fingerprint(val), "test": data.fingerprint(test),
+            "model": spec.to_dict(), "train": dataclasses.asdict(cfg.train_classifier),
+            "seeds": seeds, "epoch_size": epoch_size, "target": data.target_class}
+  if also:
+    common["also"] = {s: data.fingerprint(s) for s in also}
+  keys = {n: store.key("protocol", n, {**common, "fit": ident})
+          for n, (_, _, ident) in fits.items()}
+  stored = {n: store.read_json(k) for n, k in keys.items()}
+  if all(v is not None for v in stored.values()):
+    return stored
+  store.check_writable(next(iter(keys.values())))
+  vs, ts = getattr(data, val), getattr(data, test)
+  t0 = time.perf_counter()
+  results = evaluate_fresh_group([(x, y) for x, y, _ in fits.values()], vs.x, vs.y, ts.x, ts.y,
+                                 spec, cfg.train_classifier, seeds, target=data.target_class,
+                                 epoch_size=epoch_size,
+                                 also_score={s: (getattr(data, s).x, getattr(data, s).y)
+                                             for s in also},
+                                 name=label, quiet=quiet, mesh=mesh)
+  seconds = time.perf_counter() - t0
+  out = {}
+  for name, res in zip(fits, results):
+    res["seconds"] = seconds / len(fits)  # The group's wall time, shared out.
+    res["group"] = label
+    store.write_json(keys[name], res, seconds=res["seconds"])
+    if not quiet:
+      log(f"evaluate: {name}: AUROC {res['auroc']:.3f} AUPRC {res['auprc']:.3f} "
+          f"F1 {res['minority_f1']:.3f} (group of {res.get('group_size', '?')} models, "
+          f"{res['seconds']:.1f}s)")
+    out[name] = res
+  return out

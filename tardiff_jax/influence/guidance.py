@@ -36,6 +36,7 @@ from tardiff_jax.sampling.plan import GuidanceFn
 EVALUATE_ON = ("x0_hat", "x_t")
 INFLUENCE_VARIANTS = ("dot", "cosine")
 GATES = ("warn", "error")
+CLASS_FILTER_OPTIONS = ("auto", "all", "minority", "majority")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +60,13 @@ class GuidanceConfig:
                                            "guidance; None = chosen on evaluation-val.")
   evaluate_on: str = option("x0_hat", "Where the guide reads the sample: 'x0_hat' or 'x_t'.")
   through_denoiser: bool = option(False, "Differentiate through x0_hat(x_t).")
-  class_filter: str = option("all", "G over 'all', 'minority' or 'majority' guidance samples.")
+  class_filter: str = option("auto", "G over 'all', 'minority' or 'majority' guidance samples, "
+                                     "or 'auto': tardiff's G over all or over the minority "
+                                     "class, chosen on evaluation-val together with w when w is "
+                                     "chosen there (otherwise 'all').")
+  minority_scale_grid: tuple[float, ...] = option((), "Candidate w of tardiff with the "
+                                                  "minority-only G when class_filter='auto' "
+                                                  "(() = scale_grid).")
   normalize_cache: bool = option(False, "l2-normalise G.")
   cache_batch_size: int = option(256, "Guidance examples per vmapped batch.")
   clip: float = option(0.0, "Max per-sample l2 norm of the guidance gradient J; 0 = off.")
@@ -95,9 +102,12 @@ class GuidanceConfig:
     if self.through_denoiser and self.evaluate_on != "x0_hat":
       raise ValueError("guidance.through_denoiser=True differentiates x0_hat(x_t): it needs "
                        "guidance.evaluate_on='x0_hat'.")
-    if self.class_filter not in ("all", "minority", "majority"):
-      raise ValueError(f"guidance.class_filter={self.class_filter!r}; expected 'all', "
-                       "'minority' or 'majority'.")
+    if self.class_filter not in CLASS_FILTER_OPTIONS:
+      raise ValueError(f"guidance.class_filter={self.class_filter!r}; expected one of "
+                       f"{CLASS_FILTER_OPTIONS}.")
+    if any(w < 0 for w in self.minority_scale_grid):
+      raise ValueError(f"guidance.minority_scale_grid must hold w >= 0, got "
+                       f"{self.minority_scale_grid}.")
     if self.cache_batch_size <= 0:
       raise ValueError(f"guidance.cache_batch_size must be positive, got {self.cache_batch_size}.")
     if self.clip < 0:
@@ -126,6 +136,11 @@ class GuidanceConfig:
   def uses_members(self) -> bool:
     """Whether tardiff's score uses a stack of guides (ensemble or trajectory)."""
     return self.ensemble > 1 or self.trajectory > 0
+
+  @property
+  def fixed_filter(self) -> str:
+    """The class filter of G when it is not chosen on evaluation-val ('auto' -> 'all')."""
+    return "all" if self.class_filter == "auto" else self.class_filter
 
   @property
   def selects_scale(self) -> bool:
