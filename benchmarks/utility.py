@@ -62,10 +62,21 @@ VARIANTS = {
     # default cohorts: the shared grid's w = 1 may overshoot).
     "tardiff_min_fine": ("tardiff", {"guidance.class_filter": "minority",
                                      "guidance.scale_grid": (0.0, 0.03, 0.06, 0.1, 0.15, 0.3)}),
+    # w J added to x0_hat (eps recomputed) instead of the mean: the mean moves by c_t w J, c_t
+    # 0.03 -> 1 over the default 20 steps (mean 0.28), hence a grid about 3.5x the default's.
+    "tardiff_x0": ("tardiff", {"guidance.placement": "x0", "guidance.class_filter": "all",
+                               "guidance.scale_grid": (0.0, 3.0, 7.0, 10.0, 20.0, 35.0)}),
+    # Guidance in the plain DDIM sampler (the step's own noise, x0_hat not recalibrated): the
+    # analytic variance and the x0 calibration were fitted on unguided paths. Its w = 0 is that
+    # sampler's own unguided set.
+    "tardiff_plain": ("tardiff", {"sampling.variance": "ddim", "sampling.calibrate_x0": False,
+                                  "guidance.class_filter": "all"}),
     # Three guides (seeds) averaged; TracIn over three checkpoints of the guide's training.
     "tardiff_ens": ("tardiff", {"guidance.ensemble": 3}),
     "tardiff_tracin": ("tardiff", {"guidance.trajectory": 3}),
 }
+# The name suffix of the variant that fixes a class filter of the default's sweep.
+FILTER_SUFFIX = {"all": "all", "minority": "min", "majority": "maj"}
 REGIMES = {
     "default": {},
     "scarce": {"data.simulator.prevalence": 0.03, "data.simulator.test_fraction": 0.76},
@@ -81,6 +92,8 @@ COMPARISONS = (("tardiff", "unguided"), ("tardiff", "real"), ("tardiff", "classi
                ("batch", "unguided"), ("tardiff_min", "unguided"), ("tardiff_min", "tardiff"),
                ("tardiff_min_fine", "unguided"), ("tardiff_min_fine", "tardiff"),
                ("tardiff", "tardiff_all"), ("tardiff_all", "unguided"),
+               ("tardiff_x0", "tardiff_all"), ("tardiff_x0", "unguided"),
+               ("tardiff_plain", "tardiff_all"), ("tardiff_plain", "unguided"),
                ("tardiff_ens", "unguided"), ("tardiff_ens", "tardiff"),
                ("tardiff_tracin", "unguided"), ("tardiff_tracin", "tardiff"),
                ("tardiff+masks", "tardiff"),
@@ -121,7 +134,7 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
       grids[v] = sweep_grids(e, VARIANTS[v][0])
       for f, ws in grids[v].items():
         for w in ws:
-          if w != 0.0:
+          if w != 0.0 or _own_sampler(v):
             drawn[v, f, w] = e.synthetic(VARIANTS[v][0], scale=w, class_filter=f)
   with Experiment(cohort_config(config, regime, seed), workdir, quiet=True) as exp:
     d = exp.data
@@ -129,29 +142,40 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
     real = (d.train.x, d.train.y, d.fingerprint("train"))
     unguided = exp.synthetic("unguided")
     fits = {"trtr": real, "unguided": exp.mix(unguided, 1.0)[:3]}
+    fit_of, by_identity = {}, {}  # Sets drawn by several variants (same key) train once.
     for (v, f, w), syn in drawn.items():
-      fits[_fit_name(v, f, w, grids[v])] = exp.mix(syn, 1.0)[:3]
+      x, y, ident = exp.mix(syn, 1.0)[:3]
+      fit_of[v, f, w] = by_identity.setdefault(ident, _fit_name(v, f, w, grids[v]))
+      fits.setdefault(fit_of[v, f, w], (x, y, ident))
     t_models = time.perf_counter() - t0
     sweep = exp.protocol_group(fits, "guide_val", "eval_val", "utility_sweep",
                                also=("eval_val", "test"))
-    rows, selected, test_best, filters = {}, {}, {}, {}
+    rows, selected, test_best, filters, parent = {}, {}, {}, {}, {}
     for m in variants:
-      rows[m] = []
+      rows[m], parent[m] = [], m
       for f, ws in grids[m].items():
         for w in ws:
-          res = sweep["unguided" if w == 0.0 else _fit_name(m, f, w, grids[m])]
+          res = sweep[fit_of[m, f, w] if (m, f, w) in fit_of else "unguided"]
           rows[m].append({"scale": w, "class_filter": f, **_ranking(res, "eval_val"),
                           "test": _ranking(res, "test")})
-      best = {c: choose_row(rows[m], c) for c in CRITERIA}
+      # The default's sweep holds one sweep per class filter: each is also scored as the
+      # variant that fixes that filter (tardiff_all, tardiff_min), from the same models.
+      for f in grids[m] if len(grids[m]) > 1 else ():
+        sub = f"{m}_{FILTER_SUFFIX[f]}"
+        if sub not in variants:
+          rows[sub] = [r for r in rows[m] if r["class_filter"] == f or not r["scale"]]
+          parent[sub] = m
+    for m, rs in rows.items():
+      best = {c: choose_row(rs, c) for c in CRITERIA}
       selected[m] = {c: float(r["scale"]) for c, r in best.items()}
       filters[m] = {c: r["class_filter"] for c, r in best.items()}
-      tb = choose_row([{**r, **r["test"]} for r in rows[m]])
+      tb = choose_row([{**r, **r["test"]} for r in rs])
       test_best[m], filters[m]["test_best"] = float(tb["scale"]), tb["class_filter"]
     # Final numbers at the chosen w (evaluation-val AUPRC), as the pipeline's report scores them.
     sets = {"unguided": unguided}
-    for m in variants:
+    for m in rows:
       w = selected[m]["auprc"]
-      sets[m] = unguided if w == 0.0 else drawn[m, filters[m]["auprc"], w]
+      sets[m] = drawn.get((parent[m], filters[m]["auprc"], w), unguided)
     alias, owner = {}, {}
     for m, syn in sets.items():
       # Methods that chose w = 0 share the unguided set: its models are trained once.
@@ -183,11 +207,18 @@ def run_cohort(config: str, regime: str, seed: int, root: str, variants: tuple[s
             "oracle_auprc": info.get("oracle_auprc"), "oracle_auroc": info.get("oracle_auroc"),
             "guide_auroc": exp.guide_quality.metrics["auroc"]["value"],
             "grid": list(grid),
-            "grids": {m: {f: list(ws) for f, ws in g.items()} for m, g in grids.items()},
+            "grids": {m: {f: list(ws) for f, ws in grids[parent[m]].items()
+                          if m == parent[m] or m.endswith("_" + FILTER_SUFFIX[f])}
+                      for m in rows},
             "sweep": rows, "selected": selected, "test_best": test_best,
             "selected_filter": filters,
             "final": final, "masks": masks, "seconds": {"models_and_sets": t_models,
                                         "total": time.perf_counter() - t0}}
+
+
+def _own_sampler(variant: str) -> bool:
+  """Whether the variant changes the sampler: then its w = 0 is its own unguided set."""
+  return any(k.startswith("sampling.") for k in VARIANTS[variant][1])
 
 
 def _fit_name(variant: str, class_filter: str, w: float, grids: dict[str, Any]) -> str:

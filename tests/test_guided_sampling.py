@@ -10,11 +10,13 @@ import numpy as np
 import optax
 import pytest
 
+from tardiff_jax.diffusion import gaussian
 from tardiff_jax.diffusion.schedules import make_schedule
 from tardiff_jax.influence import cache as cache_lib
 from tardiff_jax.influence import guidance as guidance_lib
 from tardiff_jax.influence import scores
 from tardiff_jax.sampling import SamplerConfig, make_sampler
+from tardiff_jax.sampling.plan import sampling_plan
 
 T, C, K, B, STEPS = 6, 3, 2, 16, 5
 
@@ -186,3 +188,35 @@ def test_stacked_guides_in_the_sampler_keep_w0_unguided(setup):
   g1 = guided(s["den"], guidance_lib.make_gparams(P, G, 1.0, a), key, s["y"], (B, T, C))
   np.testing.assert_array_equal(np.asarray(u), np.asarray(g0))
   assert float(jnp.max(jnp.abs(g1 - u))) > 1e-4
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_shift_at_x0_equals_the_explicit_ddim_step(setup, eta):
+  """guidance.placement = "x0": the sampler equals a plain loop that adds w J to x0_hat, recomputes
+  eps from it and takes the DDIM step; the factor c_t is 1 at the last step."""
+  s = setup
+  config = SamplerConfig("ddim", STEPS, eta=eta, **PLAIN)
+  fn = guidance_lib.make_influence_guidance(s["loss_fn"], "dot")
+  sample = jax.jit(make_sampler(s["apply_fn"], s["schedule"], config, K,
+                                guidance_fn=guidance_lib.at_x0(fn)), static_argnames="shape")
+  gp = guidance_lib.make_gparams(s["cls"], s["G"], 3.0)
+  key = jax.random.PRNGKey(7)
+  got = sample(s["den"], gp, key, s["y"], (T, C))
+  plan = jax.tree_util.tree_map(jnp.asarray, sampling_plan(s["schedule"], config))
+  k_init, k_steps = jax.random.split(key)
+  x = jax.random.normal(k_init, (B, T, C), jnp.float32)
+  for i in range(plan.t.shape[0]):
+    t, t_prev = plan.t[i], plan.t_prev[i]
+    eps = s["apply_fn"](s["den"], x, jnp.full((B,), t, jnp.int32), s["y"])
+    x0 = gaussian.x0_from_eps(s["schedule"], x, t, eps)
+    shifted = x0 + fn(gp, x, x0, s["y"], None)  # The mean-placed hook's shift, on x0_hat.
+    noise = jax.random.normal(jax.random.fold_in(k_steps, i), x.shape, jnp.float32)
+    x = gaussian.ddim_step(s["schedule"], x, t, t_prev,
+                           gaussian.eps_from_x0(s["schedule"], x, t, shifted), noise, eta=eta)
+  np.testing.assert_allclose(got, x, rtol=1e-4, atol=1e-4)
+  last = jax.tree_util.tree_map(lambda a: a[-1], plan)
+  np.testing.assert_allclose(guidance_lib.x0_shift_factor(last), 1.0, rtol=1e-6)
+  first = jax.tree_util.tree_map(lambda a: a[0], plan)
+  assert 0.0 < float(guidance_lib.x0_shift_factor(first)) < 0.5  # Noisy steps: a smaller push.
+  with pytest.raises(ValueError, match="placement"):
+    guidance_lib.GuidanceConfig(placement="eps")

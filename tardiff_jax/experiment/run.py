@@ -309,6 +309,8 @@ class Experiment:
                guidance={"score": g.variant if m.score == "influence" else m.score,
                          "evaluate_on": g.evaluate_on, "through_denoiser": g.through_denoiser,
                          "clip": g.clip, "normalize_grad": g.normalize_grad})
+      if g.placement != "mean":  # Only when set: keeps older keys valid.
+        s["guidance"]["placement"] = g.placement
       if self.class_factors(method) is not None:  # Only when on: keeps older keys valid.
         s["guidance"]["class_balance"] = True
       if m.score == "influence" and self.guide_members is not None:

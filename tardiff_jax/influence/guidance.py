@@ -37,6 +37,7 @@ EVALUATE_ON = ("x0_hat", "x_t")
 INFLUENCE_VARIANTS = ("dot", "cosine")
 GATES = ("warn", "error")
 CLASS_FILTER_OPTIONS = ("auto", "all", "minority", "majority")
+PLACEMENTS = ("mean", "x0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +60,10 @@ class GuidanceConfig:
   batch_scale: float | None = option(None, "w of the reference code's batch-normalised "
                                            "guidance; None = chosen on evaluation-val.")
   evaluate_on: str = option("x0_hat", "Where the guide reads the sample: 'x0_hat' or 'x_t'.")
+  placement: str = option("mean", "Where w * J enters the step: 'mean' (added to the reverse "
+                                  "step's mean, paper Algorithm 1) or 'x0' (added to x0_hat, eps "
+                                  "recomputed from it: the mean moves by c_t w J, c_t <= 1, small "
+                                  "at noisy steps, 1 at the last).")
   through_denoiser: bool = option(False, "Differentiate through x0_hat(x_t).")
   class_filter: str = option("auto", "G over 'all', 'minority' or 'majority' guidance samples, "
                                      "or 'auto': tardiff's G over all or over the minority "
@@ -99,6 +104,8 @@ class GuidanceConfig:
                        "their own: list them in evaluation.methods).")
     if self.evaluate_on not in EVALUATE_ON:
       raise ValueError(f"guidance.evaluate_on={self.evaluate_on!r}; expected one of {EVALUATE_ON}.")
+    if self.placement not in PLACEMENTS:
+      raise ValueError(f"guidance.placement={self.placement!r}; expected one of {PLACEMENTS}.")
     if self.through_denoiser and self.evaluate_on != "x0_hat":
       raise ValueError("guidance.through_denoiser=True differentiates x0_hat(x_t): it needs "
                        "guidance.evaluate_on='x0_hat'.")
@@ -273,7 +280,33 @@ def guidance_from_config(loss_fn: LossFn, cfg: GuidanceConfig,
                          variant: str | None = None) -> GuidanceFn:
   """`make_influence_guidance` with the options of a GuidanceConfig; `variant` (a score of
   `scores.VARIANTS`, e.g. "classifier") replaces the influence variant `cfg.variant`."""
-  return make_influence_guidance(loss_fn, variant=variant or cfg.variant,
-                                 evaluate_on=cfg.evaluate_on,
-                                 through_denoiser=cfg.through_denoiser,
-                                 clip=cfg.clip or None, normalize=cfg.normalize_grad)
+  fn = make_influence_guidance(loss_fn, variant=variant or cfg.variant,
+                               evaluate_on=cfg.evaluate_on, through_denoiser=cfg.through_denoiser,
+                               clip=cfg.clip or None, normalize=cfg.normalize_grad)
+  return at_x0(fn) if cfg.placement == "x0" else fn
+
+
+def x0_shift_factor(info: Any) -> Array:
+  """c_t: how far the mean of a DDIM step moves per unit shift of x0_hat when eps is recomputed
+  from the shifted x0_hat (x_t fixed):
+
+    mean = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps,
+    eps = (x_t - sqrt(ab) x0) / sqrt(1 - ab)
+    => c_t = sqrt(ab_prev) - sqrt(1 - ab_prev - sigma^2) sqrt(ab / (1 - ab)),
+
+  the DDPM posterior's x0 coefficient sqrt(ab_prev) beta_t / (1 - ab) at eta = 1, and 1 at the
+  last step (ab_prev = 1)."""
+  ab, ab_prev = _info_get(info, "alpha_bar"), _info_get(info, "alpha_bar_prev")
+  sigma = _info_get(info, "sigma")
+  return (jnp.sqrt(ab_prev) - jnp.sqrt(jnp.maximum(1.0 - ab_prev - sigma ** 2, 0.0))
+          * jnp.sqrt(ab / (1.0 - ab)))
+
+
+def at_x0(guidance_fn: GuidanceFn) -> GuidanceFn:
+  """The hook `guidance_fn` with its shift added to x0_hat before the DDIM update instead of to
+  the step's mean (eps recomputed from the shifted x0_hat): the mean shift times `x0_shift_factor`
+  (manifold-preserving style: the guided point is a clean-sample estimate carried through the
+  step's own posterior)."""
+  def fn(gparams, x_t, x0_hat, y, info):
+    return x0_shift_factor(info).astype(x_t.dtype) * guidance_fn(gparams, x_t, x0_hat, y, info)
+  return fn
