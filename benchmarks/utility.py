@@ -375,9 +375,10 @@ def markdown(agg: dict[str, Any], command: str, runs: dict[str, list[str]]) -> s
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-  """Whether two runs' settings (regimes, config) agree; the variants may differ per cohort."""
-  keep = lambda d: {k: v for k, v in d.items() if k in ("regimes", "config")}  # noqa: E731
-  return keep(a) == keep(b)
+  """Whether two runs' settings agree: the same config and the same settings for every regime
+  both ran (one may have run other regimes too); the variants may differ per cohort."""
+  ra, rb = a.get("regimes", {}), b.get("regimes", {})
+  return a.get("config") == b.get("config") and all(ra[r] == rb[r] for r in set(ra) & set(rb))
 
 
 def main() -> None:
@@ -416,6 +417,7 @@ def main() -> None:
       if other != path:
         raise SystemExit(f"{other} was run with other settings: {prev.get('settings')}.")
       continue
+    settings["regimes"] = {**prev["settings"].get("regimes", {}), **settings["regimes"]}
     for c in prev["cohort_results"].values():
       c.setdefault("command", prev.get("command"))  # The run that computed the cohort.
     done = {**prev["cohort_results"], **done}
