@@ -21,6 +21,7 @@ minority-only G wins where positives are scarce and loses where they are not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -56,13 +57,29 @@ class ScaleSelection:
     return out
 
 
-def _mean_influence(exp, x: np.ndarray, y: np.ndarray, G: Any) -> np.ndarray:
-  guide, g = exp.guide, exp.config.guidance
-  score_fn = jax.jit(lambda p, G, xb, yb: influence(guide.classifier.loss_fn, p, G, xb, yb,
-                                                    g.variant))
-  return np.concatenate([np.asarray(score_fn(guide.params, G, jnp.asarray(x[i:i + 512]),
-                                             jnp.asarray(y[i:i + 512])))
-                         for i in range(0, len(y), 512)])
+@functools.lru_cache(maxsize=8)
+def _influence_fn(loss_fn, variant: str):
+  """The jitted per-sample influence score, one per guide loss and variant (every w and class
+  filter of a sweep reuses its compilation)."""
+  return jax.jit(lambda p, G, xb, yb: influence(loss_fn, p, G, xb, yb, variant))
+
+
+def _mean_influence(exp, x: np.ndarray, y: np.ndarray, G: Any, batch: int = 512) -> np.ndarray:
+  """Per-sample influence of (x, y) on the guidance set under G, in batches of one shape (the
+  last one padded with copies of its last row: the score is per row)."""
+  guide = exp.guide
+  score_fn = _influence_fn(guide.classifier.loss_fn, exp.config.guidance.variant)
+  batch = min(batch, len(y))
+  out = []
+  for i in range(0, len(y), batch):
+    xb, yb = x[i:i + batch], y[i:i + batch]
+    pad = batch - len(yb)
+    if pad:
+      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
+    scores = score_fn(guide.params, G, jnp.asarray(xb), jnp.asarray(yb))
+    out.append(np.asarray(scores)[:batch - pad])
+  return np.concatenate(out)
 
 
 def choose_row(rows: list[dict[str, Any]], criterion: str = "auprc") -> dict[str, Any]:
