@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tardiff_jax.experiment.store import settings_digest
+from tardiff_jax.influence.guidance import per_row_batches
 from tardiff_jax.influence.scores import influence
 
 CRITERION = "evaluation-val AUPRC, TSRTR alpha=1.0"
@@ -69,17 +70,8 @@ def _mean_influence(exp, x: np.ndarray, y: np.ndarray, G: Any, batch: int = 512)
   last one padded with copies of its last row: the score is per row)."""
   guide = exp.guide
   score_fn = _influence_fn(guide.classifier.loss_fn, exp.config.guidance.variant)
-  batch = min(batch, len(y))
-  out = []
-  for i in range(0, len(y), batch):
-    xb, yb = x[i:i + batch], y[i:i + batch]
-    pad = batch - len(yb)
-    if pad:
-      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-    scores = score_fn(guide.params, G, jnp.asarray(xb), jnp.asarray(yb))
-    out.append(np.asarray(scores)[:batch - pad])
-  return np.concatenate(out)
+  return per_row_batches(lambda xb, yb: score_fn(guide.params, G, jnp.asarray(xb),
+                                                 jnp.asarray(yb)), x, y, min(batch, len(y)))
 
 
 def choose_row(rows: list[dict[str, Any]], criterion: str = "auprc") -> dict[str, Any]:

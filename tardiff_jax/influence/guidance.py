@@ -192,6 +192,21 @@ def _scale_for(scale: Array, y: Array, ndim: int) -> Array:
   return scale[y].reshape(y.shape + (1,) * (ndim - 1))
 
 
+def per_row_batches(fn: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn(xb[B], yb[B]) -> per-row values [B]` over (x, y) in batches of one shape B =
+  `batch_size` (the last one padded with copies of its last row, dropped after: one compile),
+  concatenated on the host."""
+  out = []
+  for i in range(0, len(y), batch_size):
+    xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+    pad = batch_size - len(yb)
+    if pad:
+      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
+      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
+    out.append(np.asarray(fn(xb, yb))[:batch_size - pad])
+  return np.concatenate(out)
+
+
 def class_balance_factors(loss_fn: LossFn, params: Any, G: Any, x: Any, y: Any,
                           num_classes: int, variant: str = "dot", batch_size: int = 256,
                           eps: float = scores.DEFAULT_EPS) -> np.ndarray:
@@ -208,15 +223,7 @@ def class_balance_factors(loss_fn: LossFn, params: Any, G: Any, x: Any, y: Any,
   x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
   fn = jax.jit(lambda xb, yb: jnp.sqrt(jnp.sum(jnp.square(
       scores.influence_input_grad(loss_fn, params, G, xb, yb, variant, eps)), axis=(1, 2))))
-  norms = []
-  for i in range(0, len(y), batch_size):
-    xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-    pad = batch_size - len(yb)
-    if pad:
-      xb = np.concatenate([xb, np.repeat(xb[-1:], pad, 0)])
-      yb = np.concatenate([yb, np.repeat(yb[-1:], pad, 0)])
-    norms.append(np.asarray(fn(xb, yb))[:batch_size - pad])
-  norms = np.concatenate(norms).astype(np.float64)
+  norms = per_row_batches(fn, x, y, batch_size).astype(np.float64)
   m = norms.mean()
   return np.array([m / norms[y == c].mean() if np.any(y == c) else 1.0
                    for c in range(num_classes)], np.float64)
