@@ -18,7 +18,7 @@ from tardiff_jax.evaluation.downstream import CURVE_GRID
 from tardiff_jax.experiment import gate
 from tardiff_jax.experiment.methods import METHODS, DiffusionMethod, get_method
 from tardiff_jax.experiment.run import Experiment, SyntheticSet
-from tardiff_jax.experiment.selection import sweep_name
+from tardiff_jax.experiment.selection import cache_filters, sweep_name
 
 LIBRARY_TIMESNET = (32, 64, 2, 6)  # Time-Series-Library: d_model, d_ff, e_layers, num_kernels.
 
@@ -124,7 +124,8 @@ def _timing(exp: Experiment, syn: dict[str, SyntheticSet]) -> dict[str, float]:
   return {"data_s": float(getattr(exp, "data_seconds", 0.0)),
           "train_diffusion_s": stage_seconds("timing", "train_diffusion"),
           "train_classifier_s": stage_seconds("timing", "train_classifier"),
-          "cache_guidance_s": stage_seconds("guidance_cache", "cache"),
+          "cache_guidance_s": float(sum(exp.cache_for(f)[0].build_seconds
+                                        for f in cache_filters(exp, syn))),
           "guide_gate_s": stage_seconds("guide_quality", "guide_quality"),
           "select_scale_s": sum(stage_seconds("selection", sweep_name(m)) for m in syn
                                 if exp.selects_scale(m)),

@@ -11,6 +11,7 @@ import numpy as np
 from tardiff_jax.experiment.evaluate import evaluate
 from tardiff_jax.experiment.methods import DiffusionMethod, check_methods, get_method
 from tardiff_jax.experiment.run import Experiment
+from tardiff_jax.experiment.selection import cache_filters
 from tardiff_jax.experiment.store import settings_digest
 from tardiff_jax.sampling.generate import class_counts
 from tardiff_jax.sampling.stream import stream_generate
@@ -70,12 +71,6 @@ def stream_method(exp: Experiment, method: str, num_samples: int,
   return manifest
 
 
-def cache_filters(exp: Experiment, methods: Sequence[str]) -> list[str]:
-  """The class filters of G that the guided `methods` may sample with (their sweep's)."""
-  return list(dict.fromkeys(f for m in methods if get_method(m).guided
-                            for f in exp.filter_candidates(m)))
-
-
 def run_pipeline(exp: Experiment) -> dict[str, Any]:
   """Every stage in order; each skips what the workdir already holds."""
   t0 = time.perf_counter()
@@ -126,8 +121,9 @@ def run_mode(mode: str, config: Any, workdir: str, *, quiet: bool = False,
       _ = exp.guide_quality
       return exp.guide
     if mode == "cache_guidance":  # G of every class filter a guided method may use.
-      caches = {f: exp.cache_for(f)[0] for f in cache_filters(exp, exp.config.evaluation.methods)}
-      return caches[exp.config.guidance.fixed_filter] if len(caches) == 1 else caches
+      for f in cache_filters(exp, exp.config.evaluation.methods):
+        _ = exp.cache_for(f)
+      return exp.cache_for(exp.config.guidance.fixed_filter)[0]
     if mode == "generate" and num_samples is not None:
       return {m: stream_method(exp, m, num_samples, chunk_size)
               for m in check_methods(methods or exp.config.evaluation.methods)}

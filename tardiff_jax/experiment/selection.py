@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tardiff_jax.experiment.methods import get_method
 from tardiff_jax.experiment.store import settings_digest
 from tardiff_jax.influence.guidance import per_row_batches
 from tardiff_jax.influence.scores import influence
@@ -97,6 +98,12 @@ def sweep_grids(exp, method: str) -> dict[str, tuple[float, ...]]:
   for f in candidates[1:]:  # w = 0 is the unguided set whatever the filter: it is swept once.
     grids[f] = tuple(float(w) for w in (g.minority_scale_grid or grid) if w != 0.0)
   return grids
+
+
+def cache_filters(exp, methods) -> list[str]:
+  """The class filters of G that the guided `methods` may sample with (their sweeps')."""
+  return list(dict.fromkeys(f for m in methods if get_method(m).guided
+                            for f in exp.filter_candidates(m)))
 
 
 def sweep_name(method: str) -> str:
