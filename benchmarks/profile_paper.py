@@ -11,7 +11,10 @@ the thunks' times
              attention projections, the attention core (scores, softmax, weighted sum),
              normalisation, SiLU, convolutions, embeddings, ...),
 
-each split into forward and backward (ops under autodiff's transpose) for the gradient; and,
+each split into forward and backward (ops under autodiff's transpose) for the gradient. A fusion
+counts towards the part of its root op (e.g. a LayerNorm fused into the next matmul counts as
+that matmul; a normalisation fusion that also writes statistics for the backward counts as
+normalisation). And,
 without the profiler, the wall time, the user and kernel CPU time and the minor page faults
 per call (getrusage) next to the size of XLA's temp buffer.
 Thunk times are summed over XLA's two worker threads, so a part's share is of the summed busy
@@ -49,7 +52,7 @@ from tardiff_jax.models.unet1d import UNet1D  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (pattern on the op's name path with the U-Net's site names removed, part); first match wins.
 PARTS = (
-    (r"(attn\d|attn)/.*(bhts|bthd|bshd)|/softmax|attn\d/(reduce_max|reduce_sum|exp|div|sub)",
+    (r"attn\d?/.*(bhts|bthd|bshd)|/softmax|attn\d/(reduce_max|reduce_sum|exp|div|sub)",
      "attention core (scores, softmax, weighted sum)"),
     (r"attn\d/to_(q|k|v)|/qkv", "attention q/k/v projections"),
     (r"attn\d/to_out|attn\d?/proj_out", "attention output projection"),
@@ -184,7 +187,7 @@ def main(argv=None):
   steps = jnp.arange(b, dtype=jnp.int32) % 200
   y = jnp.arange(b, dtype=jnp.int32) % 2
 
-  def loss(p, x):  # The training loss's network part (L1 on eps, label dropout on).
+  def loss(p, x):  # The training step's network work: train mode (label dropout), L1 loss.
     out = UNet1D(unet).apply({"params": p}, x, steps, y, train=True,
                              rngs={"label": jax.random.PRNGKey(0)})
     return jnp.mean(jnp.abs(out - x))
