@@ -2,9 +2,11 @@
 
 For the `paper` and default U-Net configs at batch 256, T=24, C=7 (float32, this machine):
 parameter count, FLOPs per forward (XLA cost analysis), forward time, one training step (forward,
-L1 eps loss, backward, AdamW, EMA), DDIM-20 unguided sampling, and the achieved FLOP/s as a
-fraction of a large float32 matmul's FLOP/s measured in the same run (the fraction travels
-between noisy machines, seconds do not). Writes benchmarks/results/bench_diffusion.{json,md}.
+L1 eps loss, backward, AdamW, EMA; alone in a call, and per step of a call of
+`train_diffusion.steps_per_call` steps as the trainer runs them), DDIM-20 unguided sampling, and
+the achieved FLOP/s as a fraction of a large float32 matmul's FLOP/s measured in the same run (the
+fraction travels between noisy machines, seconds do not).
+Writes benchmarks/results/bench_diffusion.{json,md}.
 
   python benchmarks/bench_diffusion.py [--quick] [--configs paper,default] [--precision default]
 """
@@ -32,6 +34,7 @@ from tardiff_jax.training.diffusion_trainer import (
     init_state,
     make_optimizer,
     make_train_step,
+    make_train_steps,
 )
 
 # The authors' PyTorch code on this machine class (what the targets refer to). Its 22.9 M
@@ -94,7 +97,8 @@ def bench_config(name, cfg, batch, seq_len, channels, repeats, sample_repeats, d
       lambda: fwd(params, x, t, y).block_until_ready(), repeats)
 
   train_cfg = DiffusionTrainConfig(batch_size=batch, num_steps=10_000, learning_rate=1e-4,
-                                   warmup_steps=100, weight_decay=0.01)
+                                   warmup_steps=100, weight_decay=0.01,
+                                   steps_per_call=cfg.train_diffusion.steps_per_call)
   # The reference code's training target: eps with the L1 loss (the config's schedule).
   diff_cfg = dataclasses.replace(cfg.diffusion, loss="l1", prediction="eps")
   loss_fn = lambda apply, p, schedule, x0, yb, m, key: eps_loss(
@@ -115,6 +119,23 @@ def bench_config(name, cfg, batch, seq_len, channels, repeats, sample_repeats, d
     loss.block_until_ready()
 
   res["train_step_s"], res["train_step_all_s"] = _time(one_step, repeats)
+
+  # As the trainer runs them: train_cfg.steps_per_call steps per compiled call (one lax.scan),
+  # timed per step.
+  k = train_cfg.steps_per_call
+  steps = make_train_steps(UNet1D(unet), make_optimizer(train_cfg), diff_cfg.make_schedule(),
+                           train_cfg, batch, loss_fn)
+  t0 = time.perf_counter()
+  compiled_steps = steps.lower(box[0], x, y, mask, k).compile()
+  res["train_steps_compile_s"] = time.perf_counter() - t0
+  res["steps_per_call"] = k
+
+  def k_steps():
+    box[0], losses = compiled_steps(box[0], x, y, mask, k)
+    losses.block_until_ready()
+
+  med, all_s = _time(k_steps, repeats)
+  res["train_step_in_call_s"], res["train_step_in_call_all_s"] = med / k, [t / k for t in all_s]
 
   if do_sample:
     # Plain DDIM-20 as the reference code samples (the step's own sigma, no x0 calibration:
@@ -194,17 +215,20 @@ def _markdown(res):
            f"batch {res['settings']['batch']}, T=24, C=7, precision "
            f"{res['settings']['precision']}, median of {res['settings']['repeats']} repeats.", "",
            "| config | params | MFLOP/sample fwd | forward s | fwd % of matmul | train step s "
-           "| train % of matmul | DDIM-20 s | samples/s |", "|---|---|---|---|---|---|---|---|---|"]
+           "| train % of matmul | train step s, K per call | DDIM-20 s | samples/s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   ref = res["reference_pytorch"]
   lines.append(f"| reference PyTorch | {ref['params'] / 1e6:.1f} M | "
                f"{ref['flops_per_sample'] / 1e6:.0f} | {ref['forward_s']:.2f} | ~45% | "
-               f"{ref['train_step_s']:.2f} | - | {ref['ddim20_s']:.1f} | "
+               f"{ref['train_step_s']:.2f} | - | - | {ref['ddim20_s']:.1f} | "
                f"{256 / ref['ddim20_s']:.1f} |")
   for name, r in res["configs"].items():
     lines.append(
         f"| {name} | {r['params'] / 1e6:.2f} M | {r['forward_flops_per_sample'] / 1e6:.0f} | "
         f"{r['forward_s']:.3f} | {100 * r['forward_flop_fraction_of_matmul']:.0f}% | "
         f"{r['train_step_s']:.3f} | {100 * r['train_flop_fraction_of_matmul']:.0f}% | "
+        + (f"{r['train_step_in_call_s']:.3f} (K={r['steps_per_call']}) | "
+           if "train_step_in_call_s" in r else "- | ") +
         f"{r.get('ddim20_s', float('nan')):.2f} | "
         f"{r.get('ddim20_samples_per_s', float('nan')):.1f} |")
   if "paper" in res["configs"] and "speedup_vs_reference" in res["configs"]["paper"]:

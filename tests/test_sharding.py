@@ -139,8 +139,9 @@ PIECES = textwrap.dedent("""
   unet = dataclasses.replace(cfg.unet, num_classes=2)
   step = _cached_train_step(unet, tcfg, cfg.diffusion, N, None, mesh)
   state = replicate(mesh, init_state(unet, make_optimizer(tcfg), 0, T, C))
-  hlo = step.lower(state, *(shard_rows(mesh, a) for a in (x, y, np.ones(x.shape, bool)))
-                   ).compile().as_text()
+  count = (3,) if tcfg.steps_per_call > 1 else ()  # Steps in the call (a scan over them).
+  hlo = step.lower(state, *(shard_rows(mesh, a) for a in (x, y, np.ones(x.shape, bool))),
+                   *count).compile().as_text()
   out["step_all_reduce"] = "all-reduce" in hlo
   out["step_local_batch"] = "f32[2,8,3]" in hlo  # 16 rows / 8 devices, T = 8, C = 3
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from tardiff_jax.models import UNetConfig, count_params, init_params, make_denoiser
-from tardiff_jax.models.unet1d import UNet1D, timestep_embedding
+from tardiff_jax.models.unet1d import Conv1D, UNet1D, timestep_embedding
 
 TINY = UNetConfig(base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1,
                   attention_resolutions=(2, 8), num_heads=2, dropout=0.1, num_classes=2,
@@ -143,3 +144,20 @@ def test_norm_groups_keep_a_stays_level():
   b = jax.eval_shape(lambda k: init_params(dataclasses.replace(TINY, norm_groups=2), k, 24, 3),
                      jax.random.PRNGKey(0))
   assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_conv1d_matmul_equals_flax_conv(k):
+  """The U-Net's im2col convolution has nn.Conv's parameters (names, shapes, initial values) and
+  computes its 'SAME' convolution; its gradients match too."""
+  x = jax.random.normal(jax.random.key(0), (3, 10, 5))
+  ours, ref = Conv1D(6, k), nn.Conv(6, (k,), padding="SAME")
+  params = ours.init(jax.random.key(1), x)
+  ref_params = ref.init(jax.random.key(1), x)
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, ref_params)
+  np.testing.assert_array_equal(params["params"]["kernel"], ref_params["params"]["kernel"])
+  params = jax.tree.map(lambda a: a + 0.1, params)  # A non-zero bias.
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+  g_ours = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) ** 2), argnums=(0, 1))(params, x)
+  g_ref = jax.grad(lambda p, x: jnp.sum(ref.apply(p, x) ** 2), argnums=(0, 1))(params, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_ours, g_ref)

@@ -42,6 +42,7 @@ from tardiff_jax.sampling.plan import sampling_plan
 from tardiff_jax.training.checkpoints import DESCRIPTIVE, CheckpointStore, meta_mismatch
 from tardiff_jax.training.classifier_trainer import classifier_meta, train_classifier
 from tardiff_jax.training.diffusion_trainer import (
+    RUN_ONLY,
     Denoiser,
     checkpoint_meta,
     checkpoint_mismatch,
@@ -125,7 +126,7 @@ def denoiser_identity(denoiser: Denoiser) -> str:
   included): the key its downstream artifacts are filed under."""
   meta = {k: v for k, v in denoiser.meta.items() if k not in DESCRIPTIVE}
   meta["train_diffusion"] = {k: v for k, v in meta["train_diffusion"].items()
-                             if k not in ("checkpoint_every", "log_every")}
+                             if k not in RUN_ONLY}
   return settings_digest(meta)
 
 

@@ -53,6 +53,7 @@ from tardiff_jax.models.grid_conv import (
   inception_spectral,
   inception_unfold,
 )
+from tardiff_jax.models.unet1d import conv1d_as_matmul
 
 AMP_EPS = 1e-6  # Inside sqrt(re^2 + im^2 + eps): keeps the 2nd derivative bounded by eps^-1/2.
 
@@ -307,9 +308,7 @@ class TokenEmbedding(nn.Module):
                         (3, c, self.d_model)).astype(x.dtype)
     xp = jnp.concatenate([x[:, -1:], x, x[:, :1]], axis=1)  # circular padding
     if self.as_matmul:
-      t = x.shape[1]
-      cols = jnp.concatenate([xp[:, j:j + t] for j in range(3)], axis=-1)  # [B, T, 3C]
-      return cols @ kernel.reshape(3 * c, self.d_model)
+      return conv1d_as_matmul(xp, kernel)
     return jax.lax.conv_general_dilated(xp, kernel, window_strides=(1,), padding="VALID",
                                         dimension_numbers=("NWC", "WIO", "NWC"))
 

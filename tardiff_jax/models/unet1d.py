@@ -172,9 +172,42 @@ def _norm(channels: int, name: str | None = None, max_groups: int = 32) -> nn.Gr
   return nn.GroupNorm(num_groups=_groups(channels, max_groups), epsilon=1e-5, name=name)
 
 
-def _conv(features: int, kernel: int, name: str | None = None, zero: bool = False) -> nn.Conv:
-  return nn.Conv(features, (kernel,), padding="SAME", name=name,
-                 kernel_init=nn.initializers.zeros if zero else nn.linear.default_kernel_init)
+def conv1d_as_matmul(xp: Array, kernel: Array) -> Array:
+  """A 'VALID' 1-D convolution of the padded `xp[B, T+k-1, Cin]` with `kernel[k, Cin, Cout]` as
+  one matmul: the k shifted copies of `xp` side by side on the channel axis ([B, T, k*Cin],
+  im2col) times `kernel.reshape(k*Cin, Cout)` -> [B, T, Cout]."""
+  k, cin, cout = kernel.shape
+  t = xp.shape[1] - k + 1
+  cols = xp if k == 1 else jnp.concatenate([xp[:, j:j + t] for j in range(k)], axis=-1)
+  return cols @ kernel.reshape(k * cin, cout)
+
+
+class Conv1D(nn.Module):
+  """'SAME' 1-D convolution over time with bias, computed by `conv1d_as_matmul`.
+
+  Its parameters are `nn.Conv`'s (`kernel[k, Cin, Cout]` with the same initialiser, `bias`), so
+  it is `nn.Conv(features, (k,), padding="SAME")` up to float rounding. Why a matmul: on CPU the
+  matmul runs through the same fast kernels as the network's dense layers, and XLA's convolution
+  weight-gradients inside a loop (several training steps per compiled call) are very slow there.
+  """
+
+  features: int
+  kernel_size: int
+  zero_init: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    init = nn.initializers.zeros if self.zero_init else nn.linear.default_kernel_init
+    kernel = self.param("kernel", init, (k, x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    lo = (k - 1) // 2
+    xp = jnp.pad(x, ((0, 0), (lo, k - 1 - lo), (0, 0))) if k > 1 else x
+    return conv1d_as_matmul(xp, kernel) + bias
+
+
+def _conv(features: int, kernel: int, name: str | None = None, zero: bool = False) -> Conv1D:
+  return Conv1D(features, kernel, zero_init=zero, name=name)
 
 
 def _down(h: Array) -> Array:

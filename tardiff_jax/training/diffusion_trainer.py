@@ -46,6 +46,8 @@ State = dict[str, Any]
 # masked either way): "zero" = the normalised fill (the channel's train mean for zscore), "interp"
 # = linear interpolation in time between the stay's own observations.
 FILLS = ("zero", "interp")
+# Settings of how a run logs, saves and groups its steps into calls, not of what it trains.
+RUN_ONLY = ("checkpoint_every", "log_every", "steps_per_call")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,10 @@ class DiffusionTrainConfig:
   ema_decay: float = option(0.999, "EMA of parameters (sampling uses the EMA).")
   checkpoint_every: int = option(500, "Steps between orbax checkpoints.")
   log_every: int = option(50, "Steps between metrics.jsonl lines and progress updates.")
+  steps_per_call: int = option(8, "Optimiser steps per compiled call (one lax.scan): XLA "
+                                  "reuses its work buffers across the steps of a call (on a "
+                                  "2-core CPU 8 per call trains 1.3x faster than 1); logs and "
+                                  "checkpoints still land on their steps.")
   # Measured: zero-filled holes teach the denoiser to amplify levels, so samples of a channel
   # were over-dispersed in proportion to its missing rate (Temp, 36% missing: +25% std).
   fill: str = option("interp", "Denoiser input at unobserved entries (the loss is masked "
@@ -69,7 +75,7 @@ class DiffusionTrainConfig:
                                "(the normalised fill, the train mean).")
 
   def __post_init__(self):
-    for name in ("batch_size", "num_steps", "checkpoint_every", "log_every"):
+    for name in ("batch_size", "num_steps", "checkpoint_every", "log_every", "steps_per_call"):
       if int(getattr(self, name)) < 1:
         raise ValueError(f"train_diffusion.{name} must be >= 1, got {getattr(self, name)}.")
     if self.warmup_steps < 0:
@@ -90,8 +96,7 @@ class DiffusionTrainConfig:
 
   def identity(self) -> dict[str, Any]:
     """The fields that change what training produces (not how often it logs or saves)."""
-    return {k: v for k, v in dataclasses.asdict(self).items()
-            if k not in ("checkpoint_every", "log_every")}
+    return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUN_ONLY}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,12 +176,14 @@ def _default_loss_fn(loss: str, prediction: str = "eps") -> Callable[..., Array]
 def _cached_train_step(unet_cfg: UNetConfig, train_cfg: DiffusionTrainConfig,
                        diff_cfg: DiffusionConfig, num_examples: int,
                        loss_fn: Callable[..., Array] | None, mesh: Mesh | None = None):
-  """One compiled step per (configs, N, loss_fn, mesh): repeated / resumed runs do not
+  """One compiled step (steps_per_call = 1: `make_train_step`) or block of steps (> 1:
+  `make_train_steps`) per (configs, N, loss_fn, mesh): repeated / resumed runs do not
   recompile."""
   if loss_fn is None:
     loss_fn = _default_loss_fn(diff_cfg.loss, diff_cfg.prediction)
-  return make_train_step(UNet1D(unet_cfg), make_optimizer(train_cfg), diff_cfg.make_schedule(),
-                         train_cfg, num_examples, loss_fn, mesh)
+  make = make_train_step if train_cfg.steps_per_call == 1 else make_train_steps
+  return make(UNet1D(unet_cfg), make_optimizer(train_cfg), diff_cfg.make_schedule(), train_cfg,
+              num_examples, loss_fn, mesh)
 
 
 def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: Any,
@@ -194,6 +201,41 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
   minibatch is still drawn from the global permutation, so a step equals the single-device step
   up to the order of float sums.
   """
+  return jit_replicated(_step_fn(module, tx, schedule, train_cfg, num_examples, loss_fn, mesh),
+                        mesh, donate_argnums=(0,))
+
+
+def make_train_steps(module: UNet1D, tx: optax.GradientTransformation, schedule: Any,
+                     train_cfg: DiffusionTrainConfig, num_examples: int,
+                     loss_fn: Callable[..., Array],
+                     mesh: Mesh | None = None) -> Callable[..., tuple[State, Array]]:
+  """Returns the jitted `steps(state, x, y, mask, count) -> (state, losses[K])` (state donated):
+  `count` <= K = `train_cfg.steps_per_call` of `make_train_step`'s steps in one call.
+
+  One `lax.scan` over K iterations; those at or past `count` (a traced int) are skipped by a
+  `lax.cond` and report loss 0. So every call runs the same compiled program, whatever its count:
+  a run cut into calls differently (a resume, a log boundary) takes the same steps with the same
+  arithmetic. Arguments and mesh as `make_train_step`.
+  """
+  step_fn = _step_fn(module, tx, schedule, train_cfg, num_examples, loss_fn, mesh)
+  k = train_cfg.steps_per_call
+
+  def steps(state: State, x: Array, y: Array, mask: Array, count: Array) -> tuple[State, Array]:
+    loss_aval = jax.eval_shape(step_fn, state, x, y, mask)[1]
+
+    def body(st: State, i: Array) -> tuple[State, Array]:
+      return jax.lax.cond(i < count, lambda s: step_fn(s, x, y, mask),
+                          lambda s: (s, jnp.zeros(loss_aval.shape, loss_aval.dtype)), st)
+
+    return jax.lax.scan(body, state, jnp.arange(k))
+
+  return jit_replicated(steps, mesh, donate_argnums=(0,))
+
+
+def _step_fn(module: UNet1D, tx: optax.GradientTransformation, schedule: Any,
+             train_cfg: DiffusionTrainConfig, num_examples: int, loss_fn: Callable[..., Array],
+             mesh: Mesh | None) -> Callable[..., tuple[State, Array]]:
+  """The (unjitted) training step of `make_train_step`."""
   batch = train_cfg.batch_size
   check_divisible("train_diffusion.batch_size", batch, mesh)
   if num_examples < batch:
@@ -227,7 +269,7 @@ def make_train_step(module: UNet1D, tx: optax.GradientTransformation, schedule: 
                  "rng": state["rng"]}
     return new_state, loss
 
-  return jit_replicated(step_fn, mesh, donate_argnums=(0,))
+  return step_fn
 
 
 def denoiser_inputs(x: np.ndarray, mask: np.ndarray, fill: str) -> np.ndarray:
@@ -251,9 +293,9 @@ def checkpoint_meta(unet: UNetConfig, diffusion: DiffusionConfig, train: Diffusi
 
 def checkpoint_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
   """Dotted names of the settings in which a denoiser checkpoint's meta differs from `wanted`
-  (empty: it can be resumed or reused). Logging and saving intervals do not count."""
-  return meta_mismatch(saved, wanted, ignore=("train_diffusion.checkpoint_every",
-                                              "train_diffusion.log_every"))
+  (empty: it can be resumed or reused). Logging and saving intervals and steps per call do not
+  count."""
+  return meta_mismatch(saved, wanted, ignore=tuple(f"train_diffusion.{k}" for k in RUN_ONLY))
 
 
 def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray | None,
@@ -318,12 +360,20 @@ def train_diffusion(x_train: np.ndarray, y_train: np.ndarray, mask: np.ndarray |
                     if mesh is not None else jnp.asarray(a) for a in (x, y, m))
       progress = Progress("train_diffusion", total, start=start, metrics_path=metrics_path,
                           unit="step", quiet=quiet)
-      losses = []
-      for s in range(start + 1, total + 1):
-        state, loss = step_fn(state, xd, yd, md)
-        losses.append(loss)
+      losses, s = [], start
+      while s < total:
+        # A call ends at the next log / checkpoint step at the latest.
+        n = min(train.steps_per_call, total - s, train.log_every - s % train.log_every,
+                train.checkpoint_every - s % train.checkpoint_every)
+        if train.steps_per_call == 1:
+          state, loss = step_fn(state, xd, yd, md)
+        else:
+          state, loss = step_fn(state, xd, yd, md, n)
+        losses.append((loss, n))
+        s += n
         if s % train.log_every == 0 or s == total:
-          progress.report(s, loss=float(np.mean([to_host(v) for v in losses])))
+          per_step = [np.atleast_1d(to_host(v))[:k] for v, k in losses]
+          progress.report(s, loss=float(np.mean(np.concatenate(per_step))))
           losses = []
         if s % train.checkpoint_every == 0 or s == total:
           store.save(s, state, meta)
