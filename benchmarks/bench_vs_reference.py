@@ -1,9 +1,13 @@
 """Side-by-side speed of our `paper` U-Net and the authors' PyTorch code, on this CPU.
 
 Same batch, same steps, float32, one run after the other (ours first, then the reference in a
-subprocess), the same number of cores on both sides (`--threads`). Stages:
+subprocess), the same number of cores on both sides (`--threads`); `--rounds=N` alternates the
+sides N times and reports each stage's median over the rounds (this machine's timings drift by
+10-15% from one run to the next). Stages:
   forward      one denoiser call, eval mode (batch B, T=24, C=7);
-  train_step   forward + backward + AdamW update + EMA on the L1 eps diffusion loss;
+  train_step   forward + backward + AdamW update + EMA on the L1 eps diffusion loss (ours: per
+               step of one compiled call of `train_diffusion.steps_per_call` steps, as our
+               trainer runs them; the time of one step alone in a call is in the JSON);
   ddim         unguided DDIM (`--steps`, eta 1: the reference's own DDIMSampler);
   guided_ddim  influence-guided DDIM: the reference's GuideDDIMSampler with its GradDotCalculator
                over its guidance GRU (bidirectional, hidden 256, 2 layers); ours: the same
@@ -21,7 +25,7 @@ project (torch is not a project dependency), e.g. a throwaway venv:
 
   python3 -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch numpy einops omegaconf \\
       tqdm pillow scipy
-  python benchmarks/bench_vs_reference.py --torch_python=/tmp/torchenv/bin/python
+  python benchmarks/bench_vs_reference.py --torch_python=/tmp/torchenv/bin/python --rounds=3
 
 It builds the reference's U-Net from its own public code (exported from its git mirror with
 `git show`, `--reference_git_dir`) and configs/base/mimic_icustay_base.yaml with random weights.
@@ -37,6 +41,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -67,6 +72,9 @@ def parse(argv=None) -> argparse.Namespace:
   ap.add_argument("--cache_n", type=int, default=64, help="random guidance rows behind the "
                   "cached gradient (one-off, not timed in the sampler)")
   ap.add_argument("--matmul_n", type=int, default=2048)
+  ap.add_argument("--rounds", type=int, default=1, help="run the sides this many times, "
+                  "alternating (ours, reference, ours, ...); each stage's time is the median "
+                  "over the rounds")
   ap.add_argument("--note", default="", help="free text put in the report's header")
   ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_vs_reference"),
                   help="output path without extension (.json and .md are written)")
@@ -92,6 +100,46 @@ def _loadavg():
     return [round(v, 2) for v in os.getloadavg()]
   except OSError:
     return None
+
+
+def _busy_fraction(seconds: float = 2.0):
+  """The share of this machine's CPU time spent busy (not idle or waiting on I/O) over the next
+  `seconds`, from /proc/stat; None where there is none. Taken just before a side runs, while
+  this process idles, it measures other processes; the load average, a decaying 1-minute mean,
+  would still count the side that ran before."""
+  def sample():
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]
+
+  try:
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+  except (OSError, ValueError, IndexError):
+    return None
+  return round(1.0 - (idle1 - idle0) / max(total1 - total0, 1), 3)
+
+
+def _as_list(v) -> list:
+  return v if isinstance(v, list) else [v]
+
+
+def _median_rounds(sides: list) -> dict | None:
+  """One side's result from its `--rounds` runs: the first run's, with each stage's time the
+  median over the runs (`round_s` keeps them all)."""
+  if not sides:
+    return None
+  out = json.loads(json.dumps(sides[0]))
+  for name, st in out["stages"].items():
+    st["round_s"] = [r["stages"][name]["s"] for r in sides]
+    first, st["s"] = st["s"], statistics.median(st["round_s"])
+    st["ms_per_sample"] *= st["s"] / first
+    if "one_per_call_s" in st:  # Our training step alone in a call.
+      st["one_per_call_round_s"] = [r["stages"][name]["one_per_call_s"] for r in sides]
+      st["one_per_call_s"] = statistics.median(st["one_per_call_round_s"])
+  out["busy_before"] = [r.get("busy_before") for r in sides]
+  return out
 
 
 def _flops_unrolled(fn, *args) -> float:
@@ -121,7 +169,7 @@ def run_ours(args) -> dict:
   from tardiff_jax.sampling import SamplerConfig, StepInfo, make_sampler  # noqa: PLC0415
 
   B, S = args.batch, args.steps  # noqa: N806
-  out = {"load_before": _loadavg(), "jax": jax.__version__,
+  out = {"busy_before": _busy_fraction(), "load_before": _loadavg(), "jax": jax.__version__,
          "devices": [str(d) for d in jax.devices()]}
   out["matmul_flops_per_s"] = bd.matmul_flops_per_s(args.matmul_n, 3)
   a = np.random.default_rng(0).standard_normal((args.matmul_n, args.matmul_n), np.float32)
@@ -204,7 +252,7 @@ def run_reference(args, threads: int) -> dict:
          f"--git_dir={args.reference_git_dir}", f"--commit={args.reference_commit}"]
   env = dict(os.environ, TQDM_DISABLE="1")
   env.pop("XLA_FLAGS", None)
-  load_before = _loadavg()
+  busy_before, load_before = _busy_fraction(), _loadavg()
   t0 = time.perf_counter()
   proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=HERE)
   wall = time.perf_counter() - t0
@@ -213,7 +261,8 @@ def run_reference(args, threads: int) -> dict:
     sys.stderr.write(proc.stderr[-6000:])
     raise RuntimeError(f"reference side failed (exit {proc.returncode}): {' '.join(cmd)}")
   res = json.loads(lines[-1])
-  res.update(command=cmd, wall_s=wall, load_before=load_before, load_after=_loadavg())
+  res.update(command=cmd, wall_s=wall, busy_before=busy_before, load_before=load_before,
+             load_after=_loadavg())
   return res
 
 
@@ -242,7 +291,8 @@ def combine(args, pinned, ours, ref) -> dict:
       row["speedup"] = rf["s"] / o["s"]
     rows[name] = row
   res = {"settings": {"batch": args.batch, "steps": args.steps, "T": T, "C": C,
-                      "repeats": args.repeats, "sample_repeats": args.sample_repeats,
+                      "rounds": args.rounds, "repeats": args.repeats,
+                      "sample_repeats": args.sample_repeats,
                       "threads": pinned["threads"], "cpus": pinned["cpus"],
                       "float": "float32", "note": args.note},
          "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
@@ -277,7 +327,9 @@ def markdown(res) -> str:
             f"{res['machine']['cpu_count']} CPUs ({res['machine']['platform']}), both sides "
             f"pinned to {st['threads']} core(s); batch {st['batch']}, T={st['T']}, C={st['C']}, "
             f"DDIM-{st['steps']}, {st['float']}; median of {st['repeats']} (forward, train step) "
-            f"and {st['sample_repeats']} (samplers) timed calls after one warm-up each."]
+            f"and {st['sample_repeats']} (samplers) timed calls after one warm-up each"
+            + (f"; {st['rounds']} rounds (ours, reference, ours, ...), each stage's time the "
+               "median over the rounds." if st.get("rounds", 1) > 1 else ".")]
   peaks = []
   if ours:
     peaks += [f"jax {ours['matmul_flops_per_s'] / 1e9:.1f}",
@@ -290,8 +342,16 @@ def markdown(res) -> str:
                  f"{ref['commit'][:10]} of the authors' code; load average {ref['load_before']} "
                  f"before, {ref['load_after']} after.")
   lines.append("float32 matmul peaks in this run (GFLOP/s): " + ", ".join(peaks) + ".")
+  busy = [b for side in (ours, ref) if side for b in _as_list(side.get("busy_before"))
+          if b is not None]
+  if busy:
+    lines.append("CPU busy in the 2 s before each side ran (other processes): "
+                 + ", ".join(f"{100 * b:.0f}%" for b in busy) + ".")
+    if max(busy) > 0.25:
+      lines += ["", f"**Warning: the machine was up to {100 * max(busy):.0f}% busy before a side "
+                "ran: another process shared it, so these timings are contended.**"]
   loads = [s["load_before"][0] for s in (ours, ref) if s and s.get("load_before")]
-  if loads and max(loads) > 0.5 * res["machine"]["cpu_count"]:
+  if not busy and loads and max(loads) > 0.5 * res["machine"]["cpu_count"]:
     lines += ["", f"**Warning: load average up to {max(loads):.1f} on "
               f"{res['machine']['cpu_count']} CPUs before a side ran: another process shared the "
               "machine, so these timings are contended (torch's OpenMP threads suffer most).**"]
@@ -330,7 +390,9 @@ def markdown(res) -> str:
       "`train_diffusion.steps_per_call` steps, as the trainer runs them"
       + (f": {ours['stages']['train_step']['steps_per_call']} per call; one step alone in a "
          f"call takes {1e3 * ours['stages']['train_step']['one_per_call_s'] / st['batch']:.2f} "
-         "ms/sample" if ours and "one_per_call_s" in ours["stages"]["train_step"] else "")
+         "ms/sample" + (" (first round)" if st.get("rounds", 1) > 1 and "one_per_call_round_s"
+                        not in ours["stages"]["train_step"] else "")
+         if ours and "one_per_call_s" in ours["stages"]["train_step"] else "")
       + "); samplers as benchmarks/bench_guidance.py (plain DDIM, eta 1, no x0 "
       "calibration, AOT-compiled; compile time excluded, in the JSON), guidance variant "
       "`batch` (the reference's batch-level cosine of the batch loss gradient with the cached "
@@ -349,13 +411,13 @@ def main(argv=None):
   sides = [s for s in args.sides.split(",") if s]
   if unknown := set(sides) - {"ours", "reference"}:
     raise ValueError(f"--sides: unknown {sorted(unknown)}; expected ours, reference.")
-  ours = ref = None
-  for side in sides:
-    if side == "ours":
-      ours = run_ours(args)
-    else:
-      ref = run_reference(args, pinned["threads"])
-  res = combine(args, pinned, ours, ref)
+  runs = {"ours": [], "reference": []}
+  for r in range(args.rounds):
+    for side in sides:
+      print(f"round {r + 1}/{args.rounds}: {side}", flush=True)
+      runs[side].append(run_ours(args) if side == "ours" else
+                        run_reference(args, pinned["threads"]))
+  res = combine(args, pinned, _median_rounds(runs["ours"]), _median_rounds(runs["reference"]))
   from tardiff_jax import io as tio  # noqa: PLC0415
 
   tio.write_json(args.out + ".json", res)
