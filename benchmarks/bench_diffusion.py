@@ -37,11 +37,6 @@ from tardiff_jax.training.diffusion_trainer import (
     make_train_steps,
 )
 
-# The authors' PyTorch code on this machine class (what the targets refer to). Its 22.9 M
-# parameters include 0.34 M its forward never uses (ResBlock cond_emb_layers, a null context).
-REFERENCE = {
-    "params": 22.9e6, "flops_per_sample": 274e6, "forward_s": 1.41, "train_step_s": 4.56,
-    "ddim20_s": 25.8}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -182,7 +177,7 @@ def main(argv=None):
                          "loadavg_before": load_before},
              "settings": {"batch": args.batch, "T": 24, "C": 7, "precision": args.precision,
                           "repeats": repeats, "sample_repeats": sample_repeats},
-             "reference_pytorch": REFERENCE, "configs": {}}
+             "configs": {}}
   peak = matmul_flops_per_s(args.matmul_n, repeats + 1)
   results["matmul_flops_per_s"] = peak
   print(f"matmul {args.matmul_n}^2 float32: {peak / 1e9:.1f} GFLOP/s", flush=True)
@@ -192,12 +187,6 @@ def main(argv=None):
     fwd_fs = r["forward_flops_per_sample"] * args.batch / r["forward_s"]
     r["forward_flop_fraction_of_matmul"] = fwd_fs / peak
     r["train_flop_fraction_of_matmul"] = r["train_step_flops"] / r["train_step_s"] / peak
-    if name == "paper":
-      r["speedup_vs_reference"] = {
-          "forward": REFERENCE["forward_s"] / r["forward_s"],
-          "train_step": REFERENCE["train_step_s"] / r["train_step_s"]}
-      if "ddim20_s" in r:
-        r["speedup_vs_reference"]["ddim20"] = REFERENCE["ddim20_s"] / r["ddim20_s"]
     results["configs"][name] = r
     print({k: v for k, v in r.items() if not k.endswith("all_s") and k != "unet"}, flush=True)
   results["machine"]["loadavg_after"] = _loadavg()
@@ -210,18 +199,13 @@ def _markdown(res):
   lines = ["# bench_diffusion", "",
            f"Machine: {res['machine']['cpu_count']} CPUs, {res['machine']['devices']}, "
            f"jax {res['machine']['jax']}; load average before {res['machine']['loadavg_before']}, "
-           f"after {res['machine']['loadavg_after']} (the machine was shared).",
+           f"after {res['machine']['loadavg_after']}.",
            f"float32 matmul peak in this run: {res['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s; "
            f"batch {res['settings']['batch']}, T=24, C=7, precision "
            f"{res['settings']['precision']}, median of {res['settings']['repeats']} repeats.", "",
            "| config | params | MFLOP/sample fwd | forward s | fwd % of matmul | train step s "
            "| train % of matmul | train step s, K per call | DDIM-20 s | samples/s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-  ref = res["reference_pytorch"]
-  lines.append(f"| reference PyTorch | {ref['params'] / 1e6:.1f} M | "
-               f"{ref['flops_per_sample'] / 1e6:.0f} | {ref['forward_s']:.2f} | ~45% | "
-               f"{ref['train_step_s']:.2f} | - | - | {ref['ddim20_s']:.1f} | "
-               f"{256 / ref['ddim20_s']:.1f} |")
   for name, r in res["configs"].items():
     lines.append(
         f"| {name} | {r['params'] / 1e6:.2f} M | {r['forward_flops_per_sample'] / 1e6:.0f} | "
@@ -231,20 +215,8 @@ def _markdown(res):
            if "train_step_in_call_s" in r else "- | ") +
         f"{r.get('ddim20_s', float('nan')):.2f} | "
         f"{r.get('ddim20_samples_per_s', float('nan')):.1f} |")
-  if "paper" in res["configs"] and "speedup_vs_reference" in res["configs"]["paper"]:
-    s = res["configs"]["paper"]["speedup_vs_reference"]
-    # Results before unet.attention existed have no such key: plain self-attention.
-    if res["configs"]["paper"]["unet"].get("attention", "self") == "transformer":
-      why = ("Our `paper` U-Net has the reference code's LDM spatial transformers at its "
-             "attention sites (self-attention, a second attention, GEGLU MLP), so the same "
-             "parameters and about the same FLOPs")
-    else:
-      why = ("Our `paper` U-Net uses plain self-attention blocks where the reference code uses "
-             "LDM spatial transformers (self-attention, a second attention, GEGLU MLP), hence "
-             "fewer parameters and FLOPs")
-    lines += ["", "Speed-up of `paper` over the reference PyTorch figures: " + ", ".join(
-        f"{k} {v:.2f}x" for k, v in s.items()) + " (targets: forward and DDIM-20 >= 1.3x, "
-        f"train step >= 1.5x). {why}; compare the % of matmul columns as well."]
+  lines += ["", "The authors' PyTorch code on this machine, side by side with the `paper` U-Net: "
+            "bench_vs_reference.md (benchmarks/bench_vs_reference.py)."]
   return "\n".join(lines) + "\n"
 
 

@@ -22,8 +22,8 @@ def get_config(variant: str | None = None):
     c.unet.norm_groups = 32  # The reference's GroupNorm32 (2 channels per group at 64).
     # The reference's attention sites: LDM spatial transformers (self-attention, a second
     # attention to its own input as the reference runs, GEGLU MLP; 22.6 M parameters). The `paper`
-    # figures in benchmarks/results measured before this (bench_diffusion, bench_guidance_*paper*,
-    # gpu_h200: speed only, 13.6 M parameters) used plain self-attention; the fidelity and utility
+    # figures in benchmarks/results measured before this (bench_guidance_*paper*, gpu_h200: speed
+    # only, 13.6 M parameters) used plain self-attention; the fidelity and utility
     # results use the default config, whose U-Net keeps plain self-attention.
     c.unet.attention = "transformer"
     c.classifier.gru.hidden = 256  # The reference code's guidance GRU.
