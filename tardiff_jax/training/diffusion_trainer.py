@@ -4,7 +4,9 @@ State is one pytree `{step, params, ema_params, opt_state, rng}`. Step `s` uses 
 `fold_in(rng, s)` (noise, timesteps, dropout, label dropout) and the batch
 `perm_e[j*B:(j+1)*B]` with `e, j = divmod(s, N // B)` and `perm_e` a permutation drawn from
 `fold_in(data_key, e)`: everything a step does is a function of (seed, step), so a run
-resumed from a checkpoint at step k reaches bit-identical parameters to one that never stopped.
+resumed from a checkpoint at step k reaches bit-identical parameters to one that never stopped
+(under the same `steps_per_call`: a step alone in a call and a step inside a call of several are
+the same maths, compiled apart, so they may round differently).
 """
 
 from __future__ import annotations
