@@ -215,19 +215,18 @@ def make_train_steps(module: UNet1D, tx: optax.GradientTransformation, schedule:
   `count` <= K = `train_cfg.steps_per_call` of `make_train_step`'s steps in one call.
 
   One `lax.scan` over K iterations; those at or past `count` (a traced int) are skipped by a
-  `lax.cond` and report loss 0. So every call runs the same compiled program, whatever its count:
-  a run cut into calls differently (a resume, a log boundary) takes the same steps with the same
-  arithmetic. Arguments and mesh as `make_train_step`.
+  `lax.cond` and report loss 0 (so `loss_fn` must return a float32 scalar, as the default does).
+  So every call runs the same compiled program, whatever its count: a run cut into calls
+  differently (a resume, a log boundary) takes the same steps with the same arithmetic.
+  Arguments and mesh as `make_train_step`.
   """
   step_fn = _step_fn(module, tx, schedule, train_cfg, num_examples, loss_fn, mesh)
   k = train_cfg.steps_per_call
 
   def steps(state: State, x: Array, y: Array, mask: Array, count: Array) -> tuple[State, Array]:
-    loss_aval = jax.eval_shape(step_fn, state, x, y, mask)[1]
-
     def body(st: State, i: Array) -> tuple[State, Array]:
       return jax.lax.cond(i < count, lambda s: step_fn(s, x, y, mask),
-                          lambda s: (s, jnp.zeros(loss_aval.shape, loss_aval.dtype)), st)
+                          lambda s: (s, jnp.zeros((), jnp.float32)), st)
 
     return jax.lax.scan(body, state, jnp.arange(k))
 
